@@ -1,0 +1,48 @@
+# The two commands: `make lab` (bring up the lab and converge site.yml) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 1
+
+.PHONY: setup lab lab-image lab-hosts lab-down test lint pytest molecule bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.yml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@echo "make setup: installing the pinned control-node dependencies into $(VENV)"
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[control]'
+	@$(BIN)/python -m myca_ops.setup_collections
+	@touch $@
+
+lab-image: setup
+	@$(BIN)/python -m myca_ops.lab.image
+
+lab-hosts: lab-image
+	$(BIN)/ansible-playbook playbooks/lab.yml
+
+lab: lab-hosts
+	$(BIN)/ansible-playbook site.yml
+
+lab-down: setup
+	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent
+
+lint: setup
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --profile production
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+pytest: lab-image
+	$(BIN)/pytest
+
+molecule: lab-image
+	$(BIN)/molecule test --all
+
+test: lint pytest molecule
+
+clean: lab-down
+	rm -rf $(VENV) .lab

@@ -1,0 +1,147 @@
+"""Build the lab's Debian 12 systemd image locally (no registry is reachable).
+
+The image is made with debootstrap from the mirror this machine's own apt sources name,
+imported into Docker and tagged with a hash of its recipe, so it is rebuilt only when the
+recipe changes.  ``python -m myca_ops.lab.image`` also starts the Docker engine when it
+is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGE_REPO = "myca-lab"
+IMAGE_TAG = "debian12"
+SUITE = "bookworm"
+# What every lab host needs before Ansible can manage it; the roles install the rest.
+PACKAGES = (
+    "python3",
+    "python3-apt",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+)
+RECIPE_VERSION = 1  # bump when the build steps below change
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+class LabError(RuntimeError):
+    """A lab set-up step failed; the message says what to do."""
+
+
+def log(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+def recipe_hash() -> str:
+    recipe = json.dumps({"suite": SUITE, "packages": PACKAGES, "version": RECIPE_VERSION})
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
+    """The first Debian archive URI in this machine's apt sources (one-line or deb822)."""
+    files: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            files += sorted(p for p in src.iterdir() if p.suffix in (".list", ".sources"))
+        elif src.is_file():
+            files.append(src)
+    for f in files:
+        for line in f.read_text(errors="replace").splitlines():
+            line = line.strip()
+            m = re.match(r"^URIs:\s*(\S+)", line) or re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", line)
+            if m and "security" not in m.group(1) and m.group(1).rstrip("/").endswith("debian"):
+                return m.group(1)
+    raise LabError(
+        "no Debian archive found in this machine's apt sources "
+        f"({', '.join(map(str, sources))}); add one, or run the lab on a Debian machine"
+    )
+
+
+def docker_running() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def ensure_engine(timeout: float = 60) -> None:
+    """Start dockerd in the background when no engine answers, then wait for it."""
+    if shutil.which("docker") is None:
+        raise LabError("the docker client is not installed: apt-get install docker.io")
+    if docker_running():
+        return
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise LabError("no Docker engine answers and dockerd is not installed: apt-get install docker.io")
+    log("starting the Docker engine (log: /var/log/dockerd.log)")
+    with open("/var/log/dockerd.log", "ab") as out:
+        subprocess.Popen([dockerd], stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if docker_running():
+            return
+        time.sleep(1)
+    raise LabError(f"the Docker engine did not answer within {timeout:.0f}s: read /var/log/dockerd.log")
+
+
+def image_exists(ref: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def build_image(force: bool = False) -> str:
+    """Make sure ``myca-lab:debian12`` is the image of the current recipe; return its name."""
+    pinned = f"{IMAGE_REPO}:{IMAGE_TAG}-{recipe_hash()}"
+    latest = f"{IMAGE_REPO}:{IMAGE_TAG}"
+    if force or not image_exists(pinned):
+        if shutil.which("debootstrap") is None:
+            raise LabError("debootstrap is not installed: apt-get install debootstrap")
+        mirror = debian_mirror()
+        with tempfile.TemporaryDirectory(prefix="myca-lab-rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            log(f"building {pinned} with debootstrap (about a minute)")
+            cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise LabError(f"debootstrap failed (exit {run.returncode}):\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+            # The hosts install no recommended packages: smaller and faster, as on minimal servers.
+            (rootfs / "etc/apt/apt.conf.d/90myca-lab").write_text('APT::Install-Recommends "false";\n')
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            imp = subprocess.run(
+                ["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-c", "ENV container=docker", "-", pinned],
+                stdin=tar.stdout,
+                capture_output=True,
+                text=True,
+            )
+            tar.wait()
+            if imp.returncode != 0 or tar.returncode != 0:
+                raise LabError(f"docker import failed: {imp.stderr.strip()}")
+    subprocess.run(["docker", "tag", pinned, latest], check=True)
+    log(f"image {latest} is {pinned}")
+    return latest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start the Docker engine and build the lab image.")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    args = parser.parse_args(argv)
+    try:
+        ensure_engine()
+        build_image(force=args.force)
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
