@@ -177,7 +177,9 @@ def collect(
     )
     facts["triton_libcuda_path"] = wsl_lib_dir if facts["is_wsl2"] and libcuda_in_wsl else None
 
-    facts["c_compiler"] = shutil.which(env.get("CC", "")) if env.get("CC") else (shutil.which("cc") or shutil.which("gcc"))
+    facts["c_compiler"] = (
+        shutil.which(env.get("CC", "")) if env.get("CC") else (shutil.which("cc") or shutil.which("gcc"))
+    )
     facts["python_found"] = bool(shutil.which(python))
     facts["python_include"] = None
     facts["python_headers"] = False

@@ -1,0 +1,34 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "module_utils"))
+
+
+def ansible_env(**extra: str) -> dict:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_module():
+    """Run one of the project's modules for real on the control node, return its result."""
+
+    def run(module: str, args: dict, check: bool = False) -> dict:
+        cmd = [str(BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args)]
+        if check:
+            cmd.append("--check")
+        env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        data = json.loads(out.stdout)
+        return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+    return run

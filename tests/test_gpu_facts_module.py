@@ -1,0 +1,24 @@
+"""The gpu_facts module, run by Ansible for real on the control node."""
+
+
+def test_module_on_this_cpu_machine(run_module):
+    result = run_module("gpu_facts", {"python": "/usr/bin/python3"})
+    facts = result["ansible_facts"]["gpu_facts"]
+    assert result["changed"] is False
+    assert facts["gpu_count"] == 0
+    assert facts["recommended_moshi_mode"] == "cpu"
+    assert facts["c_compiler"]
+
+
+def test_module_sees_a_wsl2_kernel_in_check_mode(run_module, tmp_path):
+    proc = tmp_path / "proc_version"
+    proc.write_text("Linux version 5.15.167.4-microsoft-standard-WSL2 (root@x) #1 SMP\n")
+    result = run_module("gpu_facts", {"proc_version_path": str(proc), "probe_torch": False}, check=True)
+    assert result["changed"] is False
+    assert result["ansible_facts"]["gpu_facts"]["is_wsl2"] is True
+
+
+def test_module_rejects_an_unknown_option(run_module):
+    result = run_module("gpu_facts", {"pyhton": "/usr/bin/python3"})
+    assert result.get("failed") is True
+    assert "pyhton" in result["msg"]
