@@ -1,0 +1,122 @@
+"""A tiny random Moshi checkpoint in the real format, for hosts without a GPU or a hub.
+
+No weights can be downloaded in the lab, so this makes them: ``config.json`` (moshi's
+own keys: LM kwargs plus file names), the LM in safetensors (small dims), the full-size
+Mimi codec in safetensors (its config is fixed) and a sentencepiece tokenizer trained on
+the spot with exactly ``text_card`` pieces.  Deterministic for a seed, and cached: a
+folder whose ``recipe.json`` matches is left as it is.  It is served by the real
+``moshi.server`` through the same ``moshi_weights`` files an operator would hand over.
+
+    python -m myca_ops.lab.weights OUT_DIR [--seed 0] [--dim 256] [--layers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+# File names inside the checkpoint folder (config.json names them for moshi's loaders).
+MOSHI_FILE = "model.safetensors"
+MIMI_FILE = "mimi.safetensors"
+TOKENIZER_FILE = "tokenizer.model"
+CONFIG_FILE = "config.json"
+RECIPE_FILE = "recipe.json"
+RECIPE_VERSION = 1
+
+WORDS = (
+    "hello moshi how are you today the voice stack runs in real time on this host and every frame "
+    "fits its budget of eighty milliseconds when cuda graphs are on the mycelium network grows under "
+    "the forest floor spores travel with the wind sensors report soil moisture temperature and light "
+    "please repeat that again slowly thank you goodbye yes no maybe tomorrow morning evening"
+).split()
+
+
+def lm_config(dim: int, layers: int, text_card: int) -> dict:
+    """Moshi's 7B LM kwargs with small dims; the codebook layout stays the real one."""
+    from moshi.models import loaders
+
+    config = dict(loaders._lm_kwargs)
+    config.update(
+        dim=dim,
+        num_heads=max(1, dim // 64),
+        num_layers=layers,
+        depformer_dim=dim // 2,
+        depformer_dim_feedforward=int(4.125 * (dim // 2)),
+        depformer_num_heads=max(1, dim // 128),
+        depformer_num_layers=layers,
+        text_card=text_card,
+    )
+    return config
+
+
+def train_tokenizer(dest: Path, vocab_size: int, seed: int) -> None:
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=12)) for _ in range(3000)))
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(Path(tmp) / "spm"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=1.0,
+            num_threads=1,
+            hard_vocab_limit=True,
+            minloglevel=2,
+        )
+        dest.write_bytes((Path(tmp) / "spm.model").read_bytes())
+
+
+def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400) -> Path:
+    recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = out / RECIPE_FILE
+    if recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe:
+        print(f"[weights] {out} is up to date", flush=True)
+        return out
+
+    import torch
+    from moshi.models import loaders
+    from safetensors.torch import save_model
+
+    recipe_path.unlink(missing_ok=True)  # a run cut short leaves no valid-looking folder
+    torch.manual_seed(seed)
+    print(f"[weights] training a {vocab}-piece sentencepiece tokenizer", flush=True)
+    train_tokenizer(out / TOKENIZER_FILE, vocab, seed)
+
+    config = lm_config(dim, layers, vocab)
+    print(f"[weights] random LM: dim {dim}, {layers} layers, depformer {dim // 2} x {layers}", flush=True)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
+    save_model(lm, str(out / MOSHI_FILE))
+    del lm
+    print("[weights] random full-size Mimi (79 M parameters, about 385 MB)", flush=True)
+    mimi = loaders.get_mimi(None, device="cpu")
+    save_model(mimi, str(out / MIMI_FILE))
+
+    full = dict(config, moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, tokenizer_name=TOKENIZER_FILE, model_type="moshi")
+    (out / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    recipe_path.write_text(json.dumps(recipe) + "\n")
+    print(f"[weights] checkpoint written to {out}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate a tiny random Moshi checkpoint (real format).")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=400, help="tokenizer pieces, also the LM's text_card")
+    args = parser.parse_args(argv)
+    generate(args.out, args.seed, args.dim, args.layers, args.vocab)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

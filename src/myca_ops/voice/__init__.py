@@ -1,0 +1,1 @@
+"""Moshi's voice path: the wire protocol, the service launcher, probes and latency."""

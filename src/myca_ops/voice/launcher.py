@@ -1,0 +1,214 @@
+"""myca-moshi: run the real ``moshi.server`` in the fastest mode this host supports.
+
+Configured by the environment file the moshi role renders (``MYCA_MOSHI_*``).  It sets
+moshi's switches before moshi is imported (``NO_TORCH_COMPILE`` is read at import),
+logs one line with the mode and the reason, then runs ``moshi.server`` as
+``python -m moshi.server`` would.  ``myca-moshi fetch`` downloads a Hugging Face
+checkpoint into the weights folder; ``myca-moshi wait`` waits for the handshake.
+
+The weights folder holds ``model.safetensors``, ``mimi.safetensors``, ``tokenizer.model``
+and, optionally, ``config.json`` (moshi's LM config; without it the 7B defaults apply).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from myca_ops.voice.protocol import FRAME_BUDGET_MS
+
+MOSHI_FILE = "model.safetensors"
+MIMI_FILE = "mimi.safetensors"
+TOKENIZER_FILE = "tokenizer.model"
+CONFIG_FILE = "config.json"
+MODES = ("compile+graphs", "graphs", "compile", "eager", "cpu")
+SLOW_MODE_MS = 200  # the field report's step time with graphs and compile off
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Decision:
+    mode: str
+    reason: str
+    env: dict[str, str] = field(default_factory=dict)  # moshi's switches to set; all others are cleared
+    warning: str | None = None
+
+
+def decide(device: str, recommended: str, recommended_reason: str, force_no_cuda_graph: bool,
+           force_no_torch_compile: bool) -> Decision:
+    """The mode for this start.  CUDA graphs need only CUDA; torch.compile needs Triton too."""
+    if not device.startswith("cuda"):
+        return Decision("cpu", f"device {device}: CUDA graphs and Triton kernels need a CUDA device",
+                        {"NO_TORCH_COMPILE": "1"})
+    if recommended not in MODES:
+        raise ValueError(f"unknown recommended mode {recommended!r}; expected one of {', '.join(MODES)}")
+    if recommended == "cpu":
+        raise ValueError(f"device {device} asked for, but this host's facts say: {recommended_reason}. "
+                         "Fix the GPU or set moshi_device: cpu")
+    compile_ok = recommended == "compile+graphs" and not force_no_torch_compile
+    graphs_ok = not force_no_cuda_graph
+    env = {}
+    if not compile_ok:
+        env["NO_TORCH_COMPILE"] = "1"
+    if not graphs_ok:
+        env["NO_CUDA_GRAPH"] = "1"
+    forced = [name for name, on in (("moshi_force_no_cuda_graph", force_no_cuda_graph),
+                                     ("moshi_force_no_torch_compile", force_no_torch_compile)) if on]
+    if compile_ok and graphs_ok:
+        return Decision("compile+graphs", recommended_reason, env)
+    if graphs_ok:
+        reason = "forced by moshi_force_no_torch_compile" if force_no_torch_compile else recommended_reason
+        return Decision("graphs", reason, env,
+                        "torch.compile forced off: CUDA graphs alone still fit the frame budget on most GPUs"
+                        if force_no_torch_compile else None)
+    mode = "compile" if compile_ok else "eager"
+    warning = (f"SLOW MODE FORCED ({', '.join(forced)}): CUDA graphs off. Expect about {SLOW_MODE_MS} ms per "
+               f"step against a {FRAME_BUDGET_MS:.0f} ms frame budget: buffer underruns and garbled voice")
+    return Decision(mode, f"forced by {', '.join(forced)}", env, warning)
+
+
+def resolve_weights(weights_dir: Path) -> dict[str, Path | None]:
+    paths: dict[str, Path | None] = {
+        "moshi": weights_dir / MOSHI_FILE,
+        "mimi": weights_dir / MIMI_FILE,
+        "tokenizer": weights_dir / TOKENIZER_FILE,
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing weight file(s): {', '.join(missing)}; re-run the moshi role "
+                                "(moshi_hf_repo or moshi_weights) to put them there")
+    config = weights_dir / CONFIG_FILE
+    paths["config"] = config if config.is_file() else None
+    if paths["config"] is not None:
+        try:
+            json.loads(config.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{config} is not valid JSON ({exc}); fix or remove it") from exc
+    return paths
+
+
+def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_path: Path) -> list[str]:
+    argv = [
+        "moshi.server",
+        "--host", env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
+        "--port", env.get("MYCA_MOSHI_PORT", "8998"),
+        "--device", env.get("MYCA_MOSHI_DEVICE", "cuda"),
+        "--static", env.get("MYCA_MOSHI_STATIC") or "none",  # moshi's default downloads a UI from the hub
+        "--moshi-weight", str(weights["moshi"]),
+        "--mimi-weight", str(weights["mimi"]),
+        "--tokenizer", str(weights["tokenizer"]),
+        "--config-path", str(config_path),
+    ]
+    if env.get("MYCA_MOSHI_SSL_DIR"):
+        argv += ["--ssl", env["MYCA_MOSHI_SSL_DIR"]]
+    if _true(env.get("MYCA_MOSHI_HALF")):
+        argv.append("--half")
+    argv += env.get("MYCA_MOSHI_EXTRA_ARGS", "").split()
+    return argv
+
+
+def serve(env: dict[str, str]) -> None:
+    device = env.get("MYCA_MOSHI_DEVICE", "cuda")
+    decision = decide(
+        device,
+        env.get("MYCA_MOSHI_RECOMMENDED_MODE", "compile+graphs"),
+        env.get("MYCA_MOSHI_RECOMMENDED_REASON", "no reason given"),
+        _true(env.get("MYCA_MOSHI_FORCE_NO_CUDA_GRAPH")),
+        _true(env.get("MYCA_MOSHI_FORCE_NO_TORCH_COMPILE")),
+    )
+    weights = resolve_weights(Path(env.get("MYCA_MOSHI_WEIGHTS_DIR", "/var/lib/moshi/weights")))
+    config_path = weights["config"]
+    if config_path is None:  # a legacy checkpoint: moshi would ask the hub for config.json
+        from moshi.models import loaders
+
+        config_path = Path(tempfile.mkstemp(prefix="moshi-config-", suffix=".json")[1])
+        config_path.write_text(json.dumps(loaders._lm_kwargs))
+
+    # Set before moshi is imported: NO_TORCH_COMPILE is read once, at import.
+    for name in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH"):
+        os.environ.pop(name, None)
+    os.environ.update(decision.env)
+    print(f"myca-moshi: mode {decision.mode} on {device} ({decision.reason})", flush=True)
+    if decision.warning:
+        print(f"myca-moshi: WARNING: {decision.warning}", flush=True)
+
+    if not device.startswith("cuda"):
+        # moshi 0.2.13's warmup ends with torch.cuda.synchronize(), which raises on CPU torch.
+        import torch
+
+        torch.cuda.synchronize = lambda *args, **kwargs: None
+
+    sys.argv = server_argv(env, weights, config_path)
+    runpy.run_module("moshi.server", run_name="__main__", alter_sys=True)
+
+
+def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
+    """Download a checkpoint from the hub (resumable, progress to the log) under the canonical names."""
+    from huggingface_hub import snapshot_download
+    from moshi.models import loaders
+
+    cache = dest.parent / "hf-cache"
+    snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=cache, token=token or None,
+                                      allow_patterns=["*.json", "*.safetensors", "*.model"]))
+    config = snapshot / CONFIG_FILE
+    raw = json.loads(config.read_text()) if config.is_file() else {}
+    names = {
+        MOSHI_FILE: raw.get("moshi_name", loaders.MOSHI_NAME),
+        MIMI_FILE: raw.get("mimi_name", loaders.MIMI_NAME),
+        TOKENIZER_FILE: raw.get("tokenizer_name", loaders.TEXT_TOKENIZER_NAME),
+    }
+    if config.is_file():
+        names[CONFIG_FILE] = CONFIG_FILE
+    dest.mkdir(parents=True, exist_ok=True)
+    for canonical, name in names.items():
+        src = snapshot / name
+        if not src.is_file():
+            raise FileNotFoundError(f"{repo}@{revision} has no {name}")
+        link = dest / canonical
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src.resolve())
+    print(f"myca-moshi: {repo}@{revision} ready in {dest}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="myca-moshi", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run moshi.server (the default), configured by MYCA_MOSHI_* variables")
+    f = sub.add_parser("fetch", help="download a checkpoint from Hugging Face into the weights folder")
+    f.add_argument("--repo", required=True)
+    f.add_argument("--revision", required=True)
+    f.add_argument("--dest", type=Path, required=True)
+    w = sub.add_parser("wait", help="wait until the server answers the websocket handshake")
+    w.add_argument("--url", default="ws://127.0.0.1:8998/api/chat")
+    w.add_argument("--timeout", type=float, default=600)
+    w.add_argument("--cafile")
+    w.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"))
+        elif args.command == "wait":
+            from myca_ops.voice.protocol import wait_for_handshake
+
+            took = wait_for_handshake(args.url, args.timeout, args.cafile, not args.insecure)
+            print(f"handshake from {args.url} after {took:.1f}s")
+        else:
+            serve(dict(os.environ))
+    except (ValueError, FileNotFoundError, TimeoutError) as exc:
+        print(f"myca-moshi: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

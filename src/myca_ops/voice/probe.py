@@ -1,0 +1,206 @@
+"""Talk to Moshi's /api/chat like the browser does, and measure what a listener would hear.
+
+Handshake byte, then speech-like audio streamed in real time as Opus (24 kHz, 20 ms
+frames), while every audio (0x01) and text (0x02) message is timed and its audio decoded.
+Underruns are counted against the web client's playback: 48 kHz, a buffer of 1920 samples
+that must fill before playing and stalls when it runs dry.
+
+    python -m myca_ops.voice.probe --url ws://127.0.0.1:8998/api/chat --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from myca_ops.voice.protocol import AUDIO, HANDSHAKE, SAMPLE_RATE, TEXT, client_ssl
+from myca_ops.voice.stats import summary
+
+SEND_FRAME = 480  # 20 ms at 24 kHz, what the web client sends
+PLAYBACK_RATE = 48000
+PLAYBACK_BUFFER = 1920  # samples at 48 kHz the web client buffers before playing
+REALTIME_MIN_RATIO = 0.95  # audio received / wall time, once audio flows
+
+
+def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
+    """Voiced syllables (harmonics of a gliding pitch, amplitude-shaped) with short pauses."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2  # ~4 syllables per second
+    pauses = np.repeat(rng.random(int(seconds * 2) + 1) > 0.2, rate // 2)[:n]
+    audio = 0.3 * voice * syllables * pauses + 0.003 * rng.standard_normal(n)
+    return audio.astype(np.float32)
+
+
+def count_underruns(arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAYBACK_BUFFER,
+                    rate: int = PLAYBACK_RATE) -> int:
+    """Times playback runs dry.  `arrivals`: (seconds, samples at `rate`) in arrival order.
+
+    Playback starts once `prebuffer` samples are queued and then drains at `rate`; when it
+    runs dry before the next arrival that is one underrun, and it waits to refill again.
+    The end of the stream is not an underrun.
+    """
+    underruns = 0
+    playing = False
+    queued = 0.0  # samples queued when not playing
+    play_end = 0.0  # when playing: the time the queue runs dry
+    for t, samples in arrivals:
+        if playing and t > play_end:
+            underruns += 1
+            playing, queued = False, 0.0
+        if playing:
+            play_end += samples / rate
+        else:
+            queued += samples
+            if queued >= prebuffer:
+                playing, play_end = True, t + queued / rate
+    return underruns
+
+
+def verdict(result: dict) -> tuple[bool, str]:
+    if result.get("error"):
+        return False, result["error"]
+    if result["audio_messages"] == 0:
+        return False, f"no audio came back in {result['wall_s']:.1f}s of streaming"
+    if result["underruns"]:
+        return False, (f"{result['underruns']} playback underrun(s): {result['audio_received_s']:.2f}s of audio "
+                       f"in {result['audio_wall_s']:.2f}s, gaps up to {result['gap_ms']['max']:.0f} ms")
+    if result["realtime_ratio"] < REALTIME_MIN_RATIO:
+        return False, (f"audio arrives slower than real time: {result['realtime_ratio']:.2f}x "
+                       f"({result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s)")
+    return True, (f"{result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s, "
+                  f"no underrun, first audio after {result['first_audio_ms']:.0f} ms")
+
+
+async def probe(url: str, seconds: float = 10, cafile: str | None = None, verify_tls: bool = True,
+                handshake_only: bool = False, connect_timeout: float = 30, drain_s: float = 1.0) -> dict:
+    import aiohttp
+    import sphn
+
+    result: dict = {"url": url, "seconds": seconds, "error": None}
+    start = time.perf_counter()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, ssl=client_ssl(url, cafile, verify_tls), timeout=connect_timeout,
+                                          max_msg_size=0) as ws:
+                first = await ws.receive(timeout=connect_timeout)
+                if first.type != aiohttp.WSMsgType.BINARY or first.data[:1] != bytes([HANDSHAKE]):
+                    result["error"] = f"no handshake: got {first.type.name} {str(first.data)[:60]}"
+                    return result
+                result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
+                if handshake_only:
+                    return result
+                result.update(await _stream(ws, sphn, seconds, drain_s))
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
+    return result
+
+
+async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
+    import aiohttp
+
+    audio = speech_like(seconds)
+    writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    arrivals: list[tuple[float, int]] = []  # (seconds since first send, samples at 24 kHz)
+    texts: list[str] = []
+    other_kinds: dict[int, int] = {}
+    t0 = time.perf_counter()
+    sent_bytes = 0
+
+    async def send() -> None:
+        nonlocal sent_bytes
+        for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME):
+            delay = t0 + i / SAMPLE_RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            page = writer.append_pcm(audio[i : i + SEND_FRAME])
+            if page:
+                sent_bytes += len(page) + 1
+                await ws.send_bytes(bytes([AUDIO]) + page)
+
+    sender = asyncio.create_task(send())
+    deadline = None
+    while True:
+        if sender.done() and deadline is None:
+            sender.result()  # re-raise a send error
+            deadline = time.perf_counter() + drain_s
+        timeout = 0.05 if deadline is None else max(0.0, deadline - time.perf_counter())
+        if deadline is not None and timeout == 0:
+            break
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except asyncio.TimeoutError:
+            continue
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            break  # closed by the server
+        now = time.perf_counter() - t0
+        kind, payload = msg.data[0], msg.data[1:]
+        if kind == AUDIO:
+            pcm = reader.append_bytes(payload)
+            arrivals.append((now, int(pcm.shape[-1])))
+        elif kind == TEXT:
+            texts.append(payload.decode("utf-8", errors="replace"))
+        else:
+            other_kinds[kind] = other_kinds.get(kind, 0) + 1
+    wall = time.perf_counter() - t0
+    sender.cancel()
+
+    audio_samples = sum(n for _, n in arrivals)
+    decoded = [(t, n) for t, n in arrivals if n > 0]
+    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(decoded, decoded[1:])]
+    first = decoded[0][0] if decoded else None
+    audio_wall = (decoded[-1][0] - first) + decoded[-1][1] / SAMPLE_RATE if decoded else 0.0
+    received_s = audio_samples / SAMPLE_RATE
+    return {
+        "wall_s": round(wall, 3),
+        "sent_s": round(len(audio) / SAMPLE_RATE, 3),
+        "sent_bytes": sent_bytes,
+        "audio_messages": len(arrivals),
+        "audio_received_s": round(received_s, 3),
+        "audio_wall_s": round(audio_wall, 3),
+        "realtime_ratio": round(received_s / audio_wall, 3) if audio_wall else 0.0,
+        "first_audio_ms": round(first * 1000, 1) if first is not None else None,
+        "gap_ms": summary(gaps, 1),
+        "underruns": count_underruns([(t, n * PLAYBACK_RATE // SAMPLE_RATE) for t, n in decoded]),
+        "text_pieces": len(texts),
+        "text": "".join(texts)[:200],
+        "other_kinds": other_kinds,
+    }
+
+
+def run(url: str, seconds: float = 10, **kwargs) -> dict:
+    result = asyncio.run(probe(url, seconds, **kwargs))
+    if not kwargs.get("handshake_only"):
+        result["realtime"], result["cause"] = verdict(result)
+    else:
+        result["realtime"], result["cause"] = None, result["error"] or "handshake only"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="ws://127.0.0.1:8998/api/chat")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--cafile")
+    parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    parser.add_argument("--handshake-only", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args.url, args.seconds, cafile=args.cafile, verify_tls=not args.insecure,
+                 handshake_only=args.handshake_only)
+    print(json.dumps(result, indent=2))
+    return 1 if result["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
