@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 1
 
-.PHONY: setup lab lab-image lab-hosts lab-down test lint pytest molecule bench clean
+.PHONY: setup lab lab-image lab-assets lab-hosts lab-down test lint pytest molecule bench clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml requirements.yml
 lab-image: setup
 	@$(BIN)/python -m myca_ops.lab.image
 
-lab-hosts: lab-image
+# The lab's Moshi: a wheelhouse with CPU torch (also installed here, to generate weights
+# and run the tests that load moshi) and a tiny generated checkpoint.
+LAB := .lab
+$(LAB)/wheelhouse.done: $(STAMP) roles/moshi/defaults/main.yml src/myca_ops/lab/wheelhouse.py
+	@$(BIN)/python -m myca_ops.lab.wheelhouse $(LAB)/wheelhouse --install
+	@touch $@
+
+lab-assets: lab-image $(LAB)/wheelhouse.done
+	@$(BIN)/python -m myca_ops.lab.weights $(LAB)/weights
+
+lab-hosts: lab-assets
 	$(BIN)/ansible-playbook playbooks/lab.yml
 
 lab: lab-hosts
@@ -36,10 +46,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-pytest: lab-image
+pytest: lab-assets
 	$(BIN)/pytest
 
-molecule: lab-image
+molecule: lab-assets
 	$(BIN)/molecule test --all
 
 test: lint pytest molecule
