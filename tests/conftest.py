@@ -32,3 +32,11 @@ def run_module():
         return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def lab_weights() -> Path:
+    """The lab's generated checkpoint (cached by its recipe; `make lab-assets` makes it first)."""
+    from myca_ops.lab.weights import generate
+
+    return generate(ROOT / ".lab" / "weights")

@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 # File names inside the checkpoint folder (config.json names them for moshi's loaders).
@@ -25,7 +24,7 @@ MIMI_FILE = "mimi.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
 RECIPE_FILE = "recipe.json"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 WORDS = (
     "hello moshi how are you today the voice stack runs in real time on this host and every frame "
@@ -54,23 +53,25 @@ def lm_config(dim: int, layers: int, text_card: int) -> dict:
 
 
 def train_tokenizer(dest: Path, vocab_size: int, seed: int) -> None:
+    """Trained from an in-memory corpus, so the model holds no temporary path: same seed, same bytes."""
+    import io
+
     import sentencepiece as spm
 
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=12)) for _ in range(3000)))
-        spm.SentencePieceTrainer.train(
-            input=str(corpus),
-            model_prefix=str(Path(tmp) / "spm"),
-            vocab_size=vocab_size,
-            model_type="bpe",
-            character_coverage=1.0,
-            num_threads=1,
-            hard_vocab_limit=True,
-            minloglevel=2,
-        )
-        dest.write_bytes((Path(tmp) / "spm.model").read_bytes())
+    sentences = [" ".join(rng.choices(WORDS, k=12)) for _ in range(3000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        num_threads=1,
+        hard_vocab_limit=True,
+        minloglevel=2,
+    )
+    dest.write_bytes(model.getvalue())
 
 
 def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400) -> Path:

@@ -79,8 +79,17 @@ def build(dest: Path) -> list[str]:
 
 
 def install(dest: Path, specs: list[str]) -> None:
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
-           "--find-links", str(dest)]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+        str(dest),
+    ]
     *deps, moshi = specs
     for args in (deps, ["--no-deps", moshi]):
         if subprocess.run([*pip, *args]).returncode != 0:

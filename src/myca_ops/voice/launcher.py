@@ -43,17 +43,21 @@ class Decision:
     warning: str | None = None
 
 
-def decide(device: str, recommended: str, recommended_reason: str, force_no_cuda_graph: bool,
-           force_no_torch_compile: bool) -> Decision:
+def decide(
+    device: str, recommended: str, recommended_reason: str, force_no_cuda_graph: bool, force_no_torch_compile: bool
+) -> Decision:
     """The mode for this start.  CUDA graphs need only CUDA; torch.compile needs Triton too."""
     if not device.startswith("cuda"):
-        return Decision("cpu", f"device {device}: CUDA graphs and Triton kernels need a CUDA device",
-                        {"NO_TORCH_COMPILE": "1"})
+        return Decision(
+            "cpu", f"device {device}: CUDA graphs and Triton kernels need a CUDA device", {"NO_TORCH_COMPILE": "1"}
+        )
     if recommended not in MODES:
         raise ValueError(f"unknown recommended mode {recommended!r}; expected one of {', '.join(MODES)}")
     if recommended == "cpu":
-        raise ValueError(f"device {device} asked for, but this host's facts say: {recommended_reason}. "
-                         "Fix the GPU or set moshi_device: cpu")
+        raise ValueError(
+            f"device {device} asked for, but this host's facts say: {recommended_reason}. "
+            "Fix the GPU or set moshi_device: cpu"
+        )
     compile_ok = recommended == "compile+graphs" and not force_no_torch_compile
     graphs_ok = not force_no_cuda_graph
     env = {}
@@ -61,18 +65,31 @@ def decide(device: str, recommended: str, recommended_reason: str, force_no_cuda
         env["NO_TORCH_COMPILE"] = "1"
     if not graphs_ok:
         env["NO_CUDA_GRAPH"] = "1"
-    forced = [name for name, on in (("moshi_force_no_cuda_graph", force_no_cuda_graph),
-                                     ("moshi_force_no_torch_compile", force_no_torch_compile)) if on]
+    forced = [
+        name
+        for name, on in (
+            ("moshi_force_no_cuda_graph", force_no_cuda_graph),
+            ("moshi_force_no_torch_compile", force_no_torch_compile),
+        )
+        if on
+    ]
     if compile_ok and graphs_ok:
         return Decision("compile+graphs", recommended_reason, env)
     if graphs_ok:
         reason = "forced by moshi_force_no_torch_compile" if force_no_torch_compile else recommended_reason
-        return Decision("graphs", reason, env,
-                        "torch.compile forced off: CUDA graphs alone still fit the frame budget on most GPUs"
-                        if force_no_torch_compile else None)
+        return Decision(
+            "graphs",
+            reason,
+            env,
+            "torch.compile forced off: CUDA graphs alone still fit the frame budget on most GPUs"
+            if force_no_torch_compile
+            else None,
+        )
     mode = "compile" if compile_ok else "eager"
-    warning = (f"SLOW MODE FORCED ({', '.join(forced)}): CUDA graphs off. Expect about {SLOW_MODE_MS} ms per "
-               f"step against a {FRAME_BUDGET_MS:.0f} ms frame budget: buffer underruns and garbled voice")
+    warning = (
+        f"SLOW MODE FORCED ({', '.join(forced)}): CUDA graphs off. Expect about {SLOW_MODE_MS} ms per "
+        f"step against a {FRAME_BUDGET_MS:.0f} ms frame budget: buffer underruns and garbled voice"
+    )
     return Decision(mode, f"forced by {', '.join(forced)}", env, warning)
 
 
@@ -84,8 +101,10 @@ def resolve_weights(weights_dir: Path) -> dict[str, Path | None]:
     }
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"missing weight file(s): {', '.join(missing)}; re-run the moshi role "
-                                "(moshi_hf_repo or moshi_weights) to put them there")
+        raise FileNotFoundError(
+            f"missing weight file(s): {', '.join(missing)}; re-run the moshi role "
+            "(moshi_hf_repo or moshi_weights) to put them there"
+        )
     config = weights_dir / CONFIG_FILE
     paths["config"] = config if config.is_file() else None
     if paths["config"] is not None:
@@ -99,14 +118,22 @@ def resolve_weights(weights_dir: Path) -> dict[str, Path | None]:
 def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_path: Path) -> list[str]:
     argv = [
         "moshi.server",
-        "--host", env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
-        "--port", env.get("MYCA_MOSHI_PORT", "8998"),
-        "--device", env.get("MYCA_MOSHI_DEVICE", "cuda"),
-        "--static", env.get("MYCA_MOSHI_STATIC") or "none",  # moshi's default downloads a UI from the hub
-        "--moshi-weight", str(weights["moshi"]),
-        "--mimi-weight", str(weights["mimi"]),
-        "--tokenizer", str(weights["tokenizer"]),
-        "--config-path", str(config_path),
+        "--host",
+        env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
+        "--port",
+        env.get("MYCA_MOSHI_PORT", "8998"),
+        "--device",
+        env.get("MYCA_MOSHI_DEVICE", "cuda"),
+        "--static",
+        env.get("MYCA_MOSHI_STATIC") or "none",  # moshi's default downloads a UI from the hub
+        "--moshi-weight",
+        str(weights["moshi"]),
+        "--mimi-weight",
+        str(weights["mimi"]),
+        "--tokenizer",
+        str(weights["tokenizer"]),
+        "--config-path",
+        str(config_path),
     ]
     if env.get("MYCA_MOSHI_SSL_DIR"):
         argv += ["--ssl", env["MYCA_MOSHI_SSL_DIR"]]
@@ -157,8 +184,15 @@ def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
     from moshi.models import loaders
 
     cache = dest.parent / "hf-cache"
-    snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=cache, token=token or None,
-                                      allow_patterns=["*.json", "*.safetensors", "*.model"]))
+    snapshot = Path(
+        snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=cache,
+            token=token or None,
+            allow_patterns=["*.json", "*.safetensors", "*.model"],
+        )
+    )
     config = snapshot / CONFIG_FILE
     raw = json.loads(config.read_text()) if config.is_file() else {}
     names = {
@@ -198,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"))
         elif args.command == "wait":
-            from myca_ops.voice.protocol import wait_for_handshake
+            from myca_ops.voice.probe import wait_for_handshake
 
             took = wait_for_handshake(args.url, args.timeout, args.cafile, not args.insecure)
             print(f"handshake from {args.url} after {took:.1f}s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -42,13 +43,15 @@ def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
     return audio.astype(np.float32)
 
 
-def count_underruns(arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAYBACK_BUFFER,
-                    rate: int = PLAYBACK_RATE) -> int:
+def count_underruns(
+    arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAYBACK_BUFFER, rate: int = PLAYBACK_RATE
+) -> int:
     """Times playback runs dry.  `arrivals`: (seconds, samples at `rate`) in arrival order.
 
-    Playback starts once `prebuffer` samples are queued and then drains at `rate`; when it
-    runs dry before the next arrival that is one underrun, and it waits to refill again.
-    The end of the stream is not an underrun.
+    Like the web client: once `prebuffer` samples are queued, playback starts after that
+    cushion (1920 samples = 40 ms at 48 kHz) and drains at `rate`.  Running dry before the
+    next arrival is one underrun; playback then waits to refill the same way.  The end of
+    the stream is not an underrun.
     """
     underruns = 0
     playing = False
@@ -63,7 +66,7 @@ def count_underruns(arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAY
         else:
             queued += samples
             if queued >= prebuffer:
-                playing, play_end = True, t + queued / rate
+                playing, play_end = True, t + (prebuffer + queued) / rate
     return underruns
 
 
@@ -73,37 +76,75 @@ def verdict(result: dict) -> tuple[bool, str]:
     if result["audio_messages"] == 0:
         return False, f"no audio came back in {result['wall_s']:.1f}s of streaming"
     if result["underruns"]:
-        return False, (f"{result['underruns']} playback underrun(s): {result['audio_received_s']:.2f}s of audio "
-                       f"in {result['audio_wall_s']:.2f}s, gaps up to {result['gap_ms']['max']:.0f} ms")
+        return False, (
+            f"{result['underruns']} playback underrun(s): {result['audio_received_s']:.2f}s of audio "
+            f"in {result['audio_wall_s']:.2f}s, gaps up to {result['gap_ms']['max']:.0f} ms"
+        )
     if result["realtime_ratio"] < REALTIME_MIN_RATIO:
-        return False, (f"audio arrives slower than real time: {result['realtime_ratio']:.2f}x "
-                       f"({result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s)")
-    return True, (f"{result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s, "
-                  f"no underrun, first audio after {result['first_audio_ms']:.0f} ms")
+        return False, (
+            f"audio arrives slower than real time: {result['realtime_ratio']:.2f}x "
+            f"({result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s)"
+        )
+    return True, (
+        f"{result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s, "
+        f"no underrun, first audio after {result['first_audio_ms']:.0f} ms"
+    )
 
 
-async def probe(url: str, seconds: float = 10, cafile: str | None = None, verify_tls: bool = True,
-                handshake_only: bool = False, connect_timeout: float = 30, drain_s: float = 1.0) -> dict:
+@contextlib.asynccontextmanager
+async def chat_session(url: str, timeout: float = 30, cafile: str | None = None, verify_tls: bool = True):
+    """Open /api/chat and wait for the handshake byte; yield the websocket."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout)) as session:
+        async with session.ws_connect(
+            url,
+            ssl=client_ssl(url, cafile, verify_tls),
+            max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+        ) as ws:
+            first = await ws.receive(timeout=timeout)
+            if first.type != aiohttp.WSMsgType.BINARY or first.data[:1] != bytes([HANDSHAKE]):
+                raise ConnectionError(f"no handshake from {url}: got {first.type.name} {str(first.data)[:60]}")
+            yield ws
+
+
+async def probe(
+    url: str,
+    seconds: float = 10,
+    cafile: str | None = None,
+    verify_tls: bool = True,
+    handshake_only: bool = False,
+    connect_timeout: float = 30,
+    drain_s: float = 1.0,
+) -> dict:
     import aiohttp
     import sphn
 
     result: dict = {"url": url, "seconds": seconds, "error": None}
     start = time.perf_counter()
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url, ssl=client_ssl(url, cafile, verify_tls), timeout=connect_timeout,
-                                          max_msg_size=0) as ws:
-                first = await ws.receive(timeout=connect_timeout)
-                if first.type != aiohttp.WSMsgType.BINARY or first.data[:1] != bytes([HANDSHAKE]):
-                    result["error"] = f"no handshake: got {first.type.name} {str(first.data)[:60]}"
-                    return result
-                result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
-                if handshake_only:
-                    return result
+        async with chat_session(url, connect_timeout, cafile, verify_tls) as ws:
+            result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
+            if not handshake_only:
                 result.update(await _stream(ws, sphn, seconds, drain_s))
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
         result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
     return result
+
+
+def wait_for_handshake(url: str, timeout: float, cafile: str | None = None, verify_tls: bool = True) -> float:
+    """Retry the handshake until it answers or `timeout` seconds pass; return the total wait."""
+    start = time.monotonic()
+    while True:
+        result = asyncio.run(
+            probe(url, cafile=cafile, verify_tls=verify_tls, handshake_only=True, connect_timeout=min(10.0, timeout))
+        )
+        if result["error"] is None:
+            return time.monotonic() - start
+        if time.monotonic() - start >= timeout:
+            raise TimeoutError(f"no handshake from {url} within {timeout:.0f}s (last error: {result['error']})")
+        time.sleep(1)
 
 
 async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
@@ -130,25 +171,29 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
                 await ws.send_bytes(bytes([AUDIO]) + page)
 
     sender = asyncio.create_task(send())
-    deadline = None
+    # After the last send, keep reading while answers still come (a slow server works
+    # through its backlog), until `drain_s` passes without one or a hard cap.
+    quiet_until = hard_stop = None
     while True:
-        if sender.done() and deadline is None:
+        now = time.perf_counter()
+        if quiet_until is None and sender.done():
             sender.result()  # re-raise a send error
-            deadline = time.perf_counter() + drain_s
-        timeout = 0.05 if deadline is None else max(0.0, deadline - time.perf_counter())
-        if deadline is not None and timeout == 0:
+            quiet_until, hard_stop = now + drain_s, now + max(5.0, seconds)
+        if quiet_until is not None and now >= min(quiet_until, hard_stop):
             break
         try:
-            msg = await ws.receive(timeout=timeout)
+            msg = await ws.receive(timeout=0.05 if quiet_until is None else min(quiet_until, hard_stop) - now)
         except asyncio.TimeoutError:
             continue
         if msg.type != aiohttp.WSMsgType.BINARY:
             break  # closed by the server
-        now = time.perf_counter() - t0
+        now = time.perf_counter()
+        if quiet_until is not None:
+            quiet_until = now + drain_s
         kind, payload = msg.data[0], msg.data[1:]
         if kind == AUDIO:
             pcm = reader.append_bytes(payload)
-            arrivals.append((now, int(pcm.shape[-1])))
+            arrivals.append((now - t0, int(pcm.shape[-1])))
         elif kind == TEXT:
             texts.append(payload.decode("utf-8", errors="replace"))
         else:
@@ -158,7 +203,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
 
     audio_samples = sum(n for _, n in arrivals)
     decoded = [(t, n) for t, n in arrivals if n > 0]
-    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(decoded, decoded[1:])]
+    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(decoded, decoded[1:], strict=False)]
     first = decoded[0][0] if decoded else None
     audio_wall = (decoded[-1][0] - first) + decoded[-1][1] / SAMPLE_RATE if decoded else 0.0
     received_s = audio_samples / SAMPLE_RATE
@@ -196,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     parser.add_argument("--handshake-only", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.url, args.seconds, cafile=args.cafile, verify_tls=not args.insecure,
-                 handshake_only=args.handshake_only)
+    result = run(
+        args.url, args.seconds, cafile=args.cafile, verify_tls=not args.insecure, handshake_only=args.handshake_only
+    )
     print(json.dumps(result, indent=2))
     return 1 if result["error"] else 0
 

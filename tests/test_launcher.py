@@ -1,0 +1,160 @@
+"""myca-moshi: the mode decision, the weights layout, and the real moshi.server behind it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from myca_ops.voice import launcher, probe
+
+GRAPHS_REASON = "CUDA graphs on, torch.compile off: Triton is not installed"
+
+
+@pytest.mark.parametrize(
+    "device, recommended, force_graph_off, force_compile_off, mode, env",
+    [
+        ("cuda", "compile+graphs", False, False, "compile+graphs", {}),
+        ("cuda:1", "compile+graphs", False, False, "compile+graphs", {}),
+        ("cuda", "graphs", False, False, "graphs", {"NO_TORCH_COMPILE": "1"}),
+        ("cuda", "compile+graphs", False, True, "graphs", {"NO_TORCH_COMPILE": "1"}),
+        ("cuda", "compile+graphs", True, False, "compile", {"NO_CUDA_GRAPH": "1"}),
+        ("cuda", "compile+graphs", True, True, "eager", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
+        ("cuda", "graphs", True, False, "eager", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
+        ("cpu", "cpu", False, False, "cpu", {"NO_TORCH_COMPILE": "1"}),
+        ("cpu", "compile+graphs", False, False, "cpu", {"NO_TORCH_COMPILE": "1"}),
+    ],
+)
+def test_mode_decision(device, recommended, force_graph_off, force_compile_off, mode, env):
+    decision = launcher.decide(device, recommended, GRAPHS_REASON, force_graph_off, force_compile_off)
+    assert decision.mode == mode
+    assert decision.env == env
+
+
+def test_graphs_mode_keeps_the_facts_reason():
+    decision = launcher.decide("cuda", "graphs", GRAPHS_REASON, False, False)
+    assert decision.reason == GRAPHS_REASON and decision.warning is None
+
+
+def test_forcing_graphs_off_warns_with_the_frame_budget():
+    decision = launcher.decide("cuda", "compile+graphs", "ok", True, False)
+    assert "moshi_force_no_cuda_graph" in decision.reason
+    assert "200 ms" in decision.warning and "80 ms frame budget" in decision.warning
+
+
+def test_cuda_asked_on_a_host_without_cuda_is_an_error():
+    with pytest.raises(ValueError, match="torch 2.13.0 sees no CUDA device"):
+        launcher.decide("cuda", "cpu", "torch 2.13.0 sees no CUDA device", False, False)
+
+
+def test_unknown_recommended_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown recommended mode 'fast'"):
+        launcher.decide("cuda", "fast", "", False, False)
+
+
+def test_missing_weight_file_names_it(tmp_path):
+    (tmp_path / launcher.MOSHI_FILE).write_bytes(b"x")
+    with pytest.raises(FileNotFoundError) as err:
+        launcher.resolve_weights(tmp_path)
+    assert launcher.MIMI_FILE in str(err.value) and launcher.TOKENIZER_FILE in str(err.value)
+    assert launcher.MOSHI_FILE not in str(err.value).split("missing weight file(s): ")[1].split(";")[0]
+
+
+def test_broken_config_names_the_file(tmp_path):
+    for name in (launcher.MOSHI_FILE, launcher.MIMI_FILE, launcher.TOKENIZER_FILE):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / launcher.CONFIG_FILE).write_text('{"dim": 256,')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        launcher.resolve_weights(tmp_path)
+
+
+def test_server_arguments(tmp_path):
+    weights = {"moshi": tmp_path / "m", "mimi": tmp_path / "mi", "tokenizer": tmp_path / "t", "config": None}
+    env = {
+        "MYCA_MOSHI_PORT": "9000",
+        "MYCA_MOSHI_DEVICE": "cuda",
+        "MYCA_MOSHI_SSL_DIR": "/etc/moshi/tls",
+        "MYCA_MOSHI_HALF": "1",
+        "MYCA_MOSHI_EXTRA_ARGS": "--cfg-coef 1.5",
+    }
+    argv = launcher.server_argv(env, weights, tmp_path / "c.json")
+    joined = " ".join(argv)
+    assert "--port 9000" in joined and "--static none" in joined and "--ssl /etc/moshi/tls" in joined
+    assert "--half" in argv and argv[-2:] == ["--cfg-coef", "1.5"]
+    assert f"--config-path {tmp_path / 'c.json'}" in joined
+
+
+def test_generated_checkpoint_loads_with_moshis_loaders(lab_weights):
+    import sentencepiece
+    from moshi.models import loaders
+
+    config = json.loads((lab_weights / "config.json").read_text())
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "unused/offline",
+        lab_weights / config["moshi_name"],
+        lab_weights / config["mimi_name"],
+        lab_weights / config["tokenizer_name"],
+        config_path=lab_weights / "config.json",
+    )
+    lm = info.get_moshi(device="cpu")
+    mimi = info.get_mimi(device="cpu")
+    tokenizer = sentencepiece.SentencePieceProcessor(str(info.tokenizer))
+    assert lm.dim == 256 and lm.dep_q == 8 and lm.n_q == 16
+    assert tokenizer.vocab_size() == config["text_card"] == lm.text_card
+    assert sum(p.numel() for p in mimi.parameters()) > 79_000_000
+
+
+def test_generation_is_deterministic_for_a_seed(tmp_path):
+    from myca_ops.lab import weights
+
+    a = weights.generate(tmp_path / "a", seed=7, dim=64, layers=1, vocab=300)
+    b = weights.generate(tmp_path / "b", seed=7, dim=64, layers=1, vocab=300)
+    for name in (weights.MOSHI_FILE, weights.TOKENIZER_FILE, weights.CONFIG_FILE):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    mtime = (a / weights.MOSHI_FILE).stat().st_mtime
+    weights.generate(tmp_path / "a", seed=7, dim=64, layers=1, vocab=300)  # cached: not rewritten
+    assert (a / weights.MOSHI_FILE).stat().st_mtime == mtime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launcher_serves_real_moshi_on_cpu(lab_weights, tmp_path):
+    """The real moshi.server behind the launcher: handshake, then Opus in, Opus audio out."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        MYCA_MOSHI_DEVICE="cpu",
+        MYCA_MOSHI_PORT=str(port),
+        MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
+        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+        NO_CUDA_GRAPH="1",
+    )  # a stray switch the launcher must clear
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"ws://127.0.0.1:{port}/api/chat"
+        deadline = time.monotonic() + 120
+        result = {"error": "not started"}
+        while time.monotonic() < deadline and server.poll() is None:
+            result = probe.run(url, seconds=2)
+            if not result["error"]:
+                break
+            time.sleep(1)
+        text = log.read_text()
+        assert result["error"] is None, text[-2000:]
+        assert result["audio_messages"] > 0 and result["audio_received_s"] > 0
+        assert "myca-moshi: mode cpu on cpu" in text
+        assert "frame handled in" in text
+    finally:
+        server.terminate()
+        server.wait(10)
