@@ -40,3 +40,37 @@ def lab_weights() -> Path:
     from myca_ops.lab.weights import generate
 
     return generate(ROOT / ".lab" / "weights")
+
+
+@pytest.fixture(scope="session")
+def moshi_server(lab_weights, tmp_path_factory):
+    """The real moshi.server, started by myca-moshi on CPU with the lab weights: (url, log path)."""
+    import socket
+    import time
+
+    from myca_ops.voice.probe import wait_for_handshake
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        MYCA_MOSHI_DEVICE="cpu",
+        MYCA_MOSHI_PORT=str(port),
+        MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
+        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+        NO_CUDA_GRAPH="1",
+    )  # a stray switch the launcher must clear
+    log = tmp_path_factory.mktemp("moshi") / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"ws://127.0.0.1:{port}/api/chat"
+    try:
+        wait_for_handshake(url, 180)
+        time.sleep(0.5)  # let the handshake's session end before the first test connects
+        yield url, log
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -1,11 +1,6 @@
 """myca-moshi: the mode decision, the weights layout, and the real moshi.server behind it."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -119,42 +114,12 @@ def test_generation_is_deterministic_for_a_seed(tmp_path):
     assert (a / weights.MOSHI_FILE).stat().st_mtime == mtime
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_launcher_serves_real_moshi_on_cpu(lab_weights, tmp_path):
+def test_launcher_serves_real_moshi_on_cpu(moshi_server):
     """The real moshi.server behind the launcher: handshake, then Opus in, Opus audio out."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        MYCA_MOSHI_DEVICE="cpu",
-        MYCA_MOSHI_PORT=str(port),
-        MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
-        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
-        NO_CUDA_GRAPH="1",
-    )  # a stray switch the launcher must clear
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"ws://127.0.0.1:{port}/api/chat"
-        deadline = time.monotonic() + 120
-        result = {"error": "not started"}
-        while time.monotonic() < deadline and server.poll() is None:
-            result = probe.run(url, seconds=2)
-            if not result["error"]:
-                break
-            time.sleep(1)
-        text = log.read_text()
-        assert result["error"] is None, text[-2000:]
-        assert result["audio_messages"] > 0 and result["audio_received_s"] > 0
-        assert "myca-moshi: mode cpu on cpu" in text
-        assert "frame handled in" in text
-    finally:
-        server.terminate()
-        server.wait(10)
+    url, log = moshi_server
+    result = probe.run(url, seconds=2)
+    text = log.read_text()
+    assert result["error"] is None, text[-2000:]
+    assert result["audio_messages"] > 0 and result["audio_received_s"] > 0
+    assert "myca-moshi: mode cpu on cpu" in text
+    assert "frame handled in" in text

@@ -49,9 +49,10 @@ def base_result(**kw):
         "audio_messages": 50,
         "underruns": 0,
         "realtime_ratio": 1.0,
-        "audio_received_s": 4.0,
-        "audio_wall_s": 4.0,
+        "audio_received_s": 3.76,
+        "audio_wall_s": 3.76,
         "wall_s": 5.0,
+        "sent_s": 4.0,
         "first_audio_ms": 300.0,
         "gap_ms": {"max": 90.0},
     }
@@ -65,8 +66,12 @@ def test_verdicts():
     assert not ok and "12 playback underrun(s)" in cause and "250 ms" in cause
     ok, cause = probe.verdict(base_result(audio_messages=0))
     assert not ok and "no audio came back" in cause
-    ok, cause = probe.verdict(base_result(realtime_ratio=0.5, audio_received_s=2.0))
+    ok, cause = probe.verdict(base_result(realtime_ratio=0.5, audio_wall_s=7.5))
     assert not ok and "slower than real time" in cause
+    ok, cause = probe.verdict(base_result(audio_messages=1, audio_received_s=0.08, audio_wall_s=0.08))
+    assert not ok and "only 0.08s of audio came back for 4.00s sent" in cause
+    ok, cause = probe.verdict(base_result(first_audio_ms=3671.0))
+    assert not ok and "first audio after 3671 ms" in cause
     ok, cause = probe.verdict(base_result(error="cannot talk to ws://x: refused"))
     assert not ok and "refused" in cause
 

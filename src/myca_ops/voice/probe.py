@@ -25,6 +25,8 @@ SEND_FRAME = 480  # 20 ms at 24 kHz, what the web client sends
 PLAYBACK_RATE = 48000
 PLAYBACK_BUFFER = 1920  # samples at 48 kHz the web client buffers before playing
 REALTIME_MIN_RATIO = 0.95  # audio received / wall time, once audio flows
+LEAD_S = 0.24  # audio the server never answers: its first input frame and the LM's 2-step delay
+MAX_FIRST_AUDIO_MS = 1000  # Kyutai: 160 ms in theory, about 200 ms in practice
 
 
 def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
@@ -75,6 +77,12 @@ def verdict(result: dict) -> tuple[bool, str]:
         return False, result["error"]
     if result["audio_messages"] == 0:
         return False, f"no audio came back in {result['wall_s']:.1f}s of streaming"
+    expected = max(result["sent_s"] - LEAD_S, 0.08)
+    if result["audio_received_s"] < REALTIME_MIN_RATIO * expected:
+        return False, (
+            f"only {result['audio_received_s']:.2f}s of audio came back for {result['sent_s']:.2f}s sent "
+            f"(first audio after {result['first_audio_ms']:.0f} ms)"
+        )
     if result["underruns"]:
         return False, (
             f"{result['underruns']} playback underrun(s): {result['audio_received_s']:.2f}s of audio "
@@ -85,6 +93,8 @@ def verdict(result: dict) -> tuple[bool, str]:
             f"audio arrives slower than real time: {result['realtime_ratio']:.2f}x "
             f"({result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s)"
         )
+    if result["first_audio_ms"] > MAX_FIRST_AUDIO_MS:
+        return False, f"first audio after {result['first_audio_ms']:.0f} ms (over {MAX_FIRST_AUDIO_MS} ms)"
     return True, (
         f"{result['audio_received_s']:.2f}s of audio in {result['audio_wall_s']:.2f}s, "
         f"no underrun, first audio after {result['first_audio_ms']:.0f} ms"

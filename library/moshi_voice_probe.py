@@ -1,0 +1,80 @@
+#!/usr/bin/python
+# Talk to Moshi's /api/chat like the browser does and measure what a listener would hear.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: moshi_voice_probe
+short_description: A real voice round trip through Moshi's websocket, timed like a listener hears it
+description:
+  - Connects to ws(s)://host:port/api/chat, times the handshake byte, streams speech-like audio
+    in real time as Opus (24 kHz, 20 ms frames), records every audio and text message, decodes
+    the audio, and reports time to first audio, audio received against wall time, inter-arrival
+    gaps and underruns of the web client's 48 kHz playback buffer (1920 samples), with a verdict.
+  - Runs in a venv with myca_ops, aiohttp, sphn and numpy (the moshi venv has them).
+  - In check mode only the handshake is made.
+options:
+  python: {description: Interpreter of a venv with myca_ops and sphn., type: path, default: /opt/moshi/venv/bin/python}
+  url: {description: "The chat endpoint, ws:// or wss://.", type: str, default: "ws://127.0.0.1:8998/api/chat"}
+  seconds: {description: Seconds of audio to stream., type: float, default: 10}
+  cafile: {description: CA bundle to verify a wss:// server with., type: path}
+  validate_certs: {description: Verify the TLS certificate (false for a self-signed lab certificate)., type: bool, default: true}
+  require_realtime: {description: Fail when the verdict is not real-time., type: bool, default: false}
+  timeout: {description: Seconds the probe may take., type: int, default: 120}
+author: myca-ops
+"""
+
+EXAMPLES = r"""
+- name: Ten seconds of voice through the bridge
+  moshi_voice_probe:
+    url: ws://127.0.0.1:8999/api/chat
+    seconds: 10
+  register: voice
+"""
+
+RETURN = r"""
+realtime: {description: "Audio kept up: no underrun, received at least 0.95x real time (null in check mode).", returned: success, type: bool}
+cause: {description: Why, with the figures., returned: success, type: str}
+handshake_ms: {description: Time to the 0x00 handshake byte., returned: success, type: float}
+first_audio_ms: {description: Time from the first audio sent to the first audio received., returned: success, type: float}
+underruns: {description: Times the web client's playback buffer would have run dry., returned: success, type: int}
+gap_ms: {description: Inter-arrival gaps of audio messages, count/p50/p95/p99/max., returned: success, type: dict}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.myca_venv import run_json
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            python=dict(type="path", default="/opt/moshi/venv/bin/python"),
+            url=dict(type="str", default="ws://127.0.0.1:8998/api/chat"),
+            seconds=dict(type="float", default=10),
+            cafile=dict(type="path"),
+            validate_certs=dict(type="bool", default=True),
+            require_realtime=dict(type="bool", default=False),
+            timeout=dict(type="int", default=120),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not p["url"].startswith(("ws://", "wss://")):
+        module.fail_json(msg="url must start with ws:// or wss://, got %s" % p["url"])
+    if p["seconds"] <= 0:
+        module.fail_json(msg="seconds must be positive")
+    args = ["-m", "myca_ops.voice.probe", "--url", p["url"], "--seconds", str(p["seconds"])]
+    args += ["--cafile", p["cafile"]] if p["cafile"] else []
+    args += [] if p["validate_certs"] else ["--insecure"]
+    args += ["--handshake-only"] if module.check_mode else []
+    result = run_json(module, p["python"], args, p["timeout"])
+    if result["error"]:
+        module.fail_json(msg=result["error"], **result)
+    if p["require_realtime"] and result["realtime"] is False:
+        module.fail_json(msg="Voice is not real-time through %s: %s" % (p["url"], result["cause"]), **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+# Run a myca_ops command in a service's venv and read the JSON it prints last.  The
+# modules stay thin: the logic lives in myca_ops, installed in that venv by the roles.
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def run_json(module, python: str, args: list, timeout: int) -> dict:
+    if not os.path.exists(python):
+        module.fail_json(msg="%s does not exist: converge the role that installs this venv first" % python)
+    rc, out, err = module.run_command(["timeout", str(timeout), python, *args])
+    result = None
+    for text in (out, out.strip().splitlines()[-1] if out.strip() else ""):  # whole output, or its last line
+        try:
+            result = json.loads(text)
+            break
+        except ValueError:
+            continue
+    if result is None:
+        tail = (err or out).strip().splitlines()[-5:]
+        cause = "timed out after %ss" % timeout if rc == 124 else "exit %s" % rc
+        module.fail_json(msg="%s -m %s failed (%s): %s" % (python, args[1], cause, " | ".join(tail)), rc=rc)
+    return result
