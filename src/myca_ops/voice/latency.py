@@ -82,27 +82,13 @@ def verdict(
 def _checkpoint_models(weights_dir: Path, device: str, dtype):
     from moshi.models import loaders
 
-    from myca_ops.voice.launcher import resolve_weights
+    from myca_ops.voice.launcher import config_or_default, resolve_weights
 
     paths = resolve_weights(weights_dir)
     info = loaders.CheckpointInfo.from_hf_repo(
-        "local/unused",
-        paths["moshi"],
-        paths["mimi"],
-        paths["tokenizer"],
-        config_path=paths["config"] or _default_config(),
+        "local/unused", paths["moshi"], paths["mimi"], paths["tokenizer"], config_path=config_or_default(paths)
     )
     return info.get_mimi(device=device), info.get_moshi(device=device, dtype=dtype), info.lm_gen_config
-
-
-def _default_config() -> Path:
-    import tempfile
-
-    from moshi.models import loaders
-
-    path = Path(tempfile.mkstemp(suffix=".json")[1])
-    path.write_text(json.dumps(loaders._lm_kwargs))
-    return path
 
 
 def _random_models(size: str, device: str, dtype):
@@ -237,17 +223,10 @@ def run_mode(mode: str, args: list[str], timeout: float) -> dict:
 
 def service_mode(env: dict[str, str]) -> tuple[str, str, str]:
     """The mode the service runs in, decided exactly as myca-moshi decides it: (mode, reason, device)."""
-    from myca_ops.voice.launcher import _true, decide
+    from myca_ops.voice.launcher import decide_from_env
 
-    device = env.get("MYCA_MOSHI_DEVICE", "cuda")
-    decision = decide(
-        device,
-        env.get("MYCA_MOSHI_RECOMMENDED_MODE", "compile+graphs"),
-        env.get("MYCA_MOSHI_RECOMMENDED_REASON", ""),
-        _true(env.get("MYCA_MOSHI_FORCE_NO_CUDA_GRAPH")),
-        _true(env.get("MYCA_MOSHI_FORCE_NO_TORCH_COMPILE")),
-    )
-    return decision.mode, decision.reason, device
+    decision = decide_from_env(env)
+    return decision.mode, decision.reason, env.get("MYCA_MOSHI_DEVICE", "cuda")
 
 
 def report(results: list[dict], reason: str) -> dict:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import runpy
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -139,26 +140,38 @@ def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_pat
         argv += ["--ssl", env["MYCA_MOSHI_SSL_DIR"]]
     if _true(env.get("MYCA_MOSHI_HALF")):
         argv.append("--half")
-    argv += env.get("MYCA_MOSHI_EXTRA_ARGS", "").split()
+    argv += shlex.split(env.get("MYCA_MOSHI_EXTRA_ARGS", ""))  # the role quotes each argument
     return argv
 
 
-def serve(env: dict[str, str]) -> None:
-    device = env.get("MYCA_MOSHI_DEVICE", "cuda")
-    decision = decide(
-        device,
+def decide_from_env(env: dict[str, str]) -> Decision:
+    """The decision for the service configured by `env` (the role's environment file)."""
+    return decide(
+        env.get("MYCA_MOSHI_DEVICE", "cuda"),
         env.get("MYCA_MOSHI_RECOMMENDED_MODE", "compile+graphs"),
         env.get("MYCA_MOSHI_RECOMMENDED_REASON", "no reason given"),
         _true(env.get("MYCA_MOSHI_FORCE_NO_CUDA_GRAPH")),
         _true(env.get("MYCA_MOSHI_FORCE_NO_TORCH_COMPILE")),
     )
-    weights = resolve_weights(Path(env.get("MYCA_MOSHI_WEIGHTS_DIR", "/var/lib/moshi/weights")))
-    config_path = weights["config"]
-    if config_path is None:  # a legacy checkpoint: moshi would ask the hub for config.json
-        from moshi.models import loaders
 
-        config_path = Path(tempfile.mkstemp(prefix="moshi-config-", suffix=".json")[1])
-        config_path.write_text(json.dumps(loaders._lm_kwargs))
+
+def config_or_default(weights: dict[str, Path | None]) -> Path:
+    """The checkpoint's config.json; for a legacy checkpoint without one, moshi's 7B config
+    written to a temporary file (else moshi would ask the hub for config.json)."""
+    if weights["config"] is not None:
+        return weights["config"]
+    from moshi.models import loaders
+
+    path = Path(tempfile.mkstemp(prefix="moshi-config-", suffix=".json")[1])
+    path.write_text(json.dumps(loaders._lm_kwargs))
+    return path
+
+
+def serve(env: dict[str, str]) -> None:
+    device = env.get("MYCA_MOSHI_DEVICE", "cuda")
+    decision = decide_from_env(env)
+    weights = resolve_weights(Path(env.get("MYCA_MOSHI_WEIGHTS_DIR", "/var/lib/moshi/weights")))
+    config_path = config_or_default(weights)
 
     # Set before moshi is imported: NO_TORCH_COMPILE is read once, at import.
     for name in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH"):
