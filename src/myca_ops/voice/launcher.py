@@ -150,8 +150,8 @@ def decide_from_env(env: dict[str, str]) -> Decision:
         env.get("MYCA_MOSHI_DEVICE", "cuda"),
         env.get("MYCA_MOSHI_RECOMMENDED_MODE", "compile+graphs"),
         env.get("MYCA_MOSHI_RECOMMENDED_REASON", "no reason given"),
-        _true(env.get("MYCA_MOSHI_FORCE_NO_CUDA_GRAPH")),
-        _true(env.get("MYCA_MOSHI_FORCE_NO_TORCH_COMPILE")),
+        _true(env.get("MYCA_MOSHI_FORCE_GRAPHS_OFF")),
+        _true(env.get("MYCA_MOSHI_FORCE_COMPILE_OFF")),
     )
 
 
