@@ -158,58 +158,52 @@ def wait_for_handshake(url: str, timeout: float, cafile: str | None = None, veri
 
 
 async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
-    import aiohttp
-
+    # Encode before the clock starts: streaming then only sends bytes on time, so the
+    # probe's own CPU cost stays far below the server's.
     audio = speech_like(seconds)
     writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+    pages = [
+        (i / SAMPLE_RATE, writer.append_pcm(audio[i : i + SEND_FRAME]))
+        for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME)
+    ]
+    pages = [(t, bytes([AUDIO]) + page) for t, page in pages if page]
     reader = sphn.OpusStreamReader(SAMPLE_RATE)
     arrivals: list[tuple[float, int]] = []  # (seconds since first send, samples at 24 kHz)
     texts: list[str] = []
     other_kinds: dict[int, int] = {}
-    t0 = time.perf_counter()
-    sent_bytes = 0
+    t0, cpu0 = time.perf_counter(), time.process_time()
 
-    async def send() -> None:
-        nonlocal sent_bytes
-        for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME):
-            delay = t0 + i / SAMPLE_RATE - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            page = writer.append_pcm(audio[i : i + SEND_FRAME])
-            if page:
-                sent_bytes += len(page) + 1
-                await ws.send_bytes(bytes([AUDIO]) + page)
+    async def receive() -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                continue
+            now = time.perf_counter() - t0
+            kind, payload = msg.data[0], msg.data[1:]
+            if kind == AUDIO:
+                arrivals.append((now, int(reader.append_bytes(payload).shape[-1])))
+            elif kind == TEXT:
+                texts.append(payload.decode("utf-8", errors="replace"))
+            else:
+                other_kinds[kind] = other_kinds.get(kind, 0) + 1
 
-    sender = asyncio.create_task(send())
-    # After the last send, keep reading while answers still come (a slow server works
-    # through its backlog), until `drain_s` passes without one or a hard cap.
-    quiet_until = hard_stop = None
-    while True:
-        now = time.perf_counter()
-        if quiet_until is None and sender.done():
-            sender.result()  # re-raise a send error
-            quiet_until, hard_stop = now + drain_s, now + max(5.0, seconds)
-        if quiet_until is not None and now >= min(quiet_until, hard_stop):
-            break
-        try:
-            msg = await ws.receive(timeout=0.05 if quiet_until is None else min(quiet_until, hard_stop) - now)
-        except asyncio.TimeoutError:
-            continue
-        if msg.type != aiohttp.WSMsgType.BINARY:
-            break  # closed by the server
-        now = time.perf_counter()
-        if quiet_until is not None:
-            quiet_until = now + drain_s
-        kind, payload = msg.data[0], msg.data[1:]
-        if kind == AUDIO:
-            pcm = reader.append_bytes(payload)
-            arrivals.append((now - t0, int(pcm.shape[-1])))
-        elif kind == TEXT:
-            texts.append(payload.decode("utf-8", errors="replace"))
-        else:
-            other_kinds[kind] = other_kinds.get(kind, 0) + 1
-    wall = time.perf_counter() - t0
-    sender.cancel()
+    import aiohttp
+
+    receiver = asyncio.create_task(receive())
+    for offset, page in pages:
+        delay = t0 + offset - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await ws.send_bytes(page)
+    # Keep reading while answers still come (a slow server works through its backlog),
+    # until `drain_s` passes without one, or a hard cap.
+    hard_stop = time.perf_counter() + max(5.0, seconds)
+    seen = -1
+    while not receiver.done() and time.perf_counter() < hard_stop and seen != len(arrivals) + len(texts):
+        seen = len(arrivals) + len(texts)
+        await asyncio.sleep(drain_s)
+    receiver.cancel()
+    wall, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    sent_bytes = sum(len(page) for _, page in pages)
 
     audio_samples = sum(n for _, n in arrivals)
     decoded = [(t, n) for t, n in arrivals if n > 0]
@@ -231,6 +225,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         "text_pieces": len(texts),
         "text": "".join(texts)[:200],
         "other_kinds": other_kinds,
+        "probe_cpu_ms": round(cpu_s * 1000, 1),  # this process, while streaming (sending, receiving, decoding)
     }
 
 
