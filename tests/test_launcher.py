@@ -123,3 +123,9 @@ def test_launcher_serves_real_moshi_on_cpu(moshi_server):
     assert result["audio_messages"] > 0 and result["audio_received_s"] > 0
     assert "myca-moshi: mode cpu on cpu" in text
     assert "frame handled in" in text
+
+
+def test_fetch_without_the_hub_says_what_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub is reachable here anyway: fail fast
+    with pytest.raises(ValueError, match="download of kyutai/moshiko-pytorch-bf16@main failed .*re-run the role"):
+        launcher.fetch("kyutai/moshiko-pytorch-bf16", "main", tmp_path / "weights", None)

@@ -194,18 +194,23 @@ def serve(env: dict[str, str]) -> None:
 def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
     """Download a checkpoint from the hub (resumable, progress to the log) under the canonical names."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from moshi.models import loaders
 
     cache = dest.parent / "hf-cache"
-    snapshot = Path(
-        snapshot_download(
-            repo,
-            revision=revision,
-            cache_dir=cache,
-            token=token or None,
-            allow_patterns=["*.json", "*.safetensors", "*.model"],
+    patterns = ["*.json", "*.safetensors", "*.model"]
+    try:
+        snapshot = Path(
+            snapshot_download(repo, revision=revision, cache_dir=cache, token=token or None, allow_patterns=patterns)
         )
-    )
+    except GatedRepoError as exc:
+        raise ValueError(f"{repo} is gated: accept its licence on Hugging Face and set moshi_hf_token") from exc
+    except RepositoryNotFoundError as exc:
+        raise ValueError(f"no repository {repo} (or no access without moshi_hf_token): check moshi_hf_repo") from exc
+    except RevisionNotFoundError as exc:
+        raise ValueError(f"{repo} has no revision {revision}: check moshi_hf_revision") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ValueError(f"download of {repo}@{revision} failed ({exc}); re-run the role to resume") from exc
     config = snapshot / CONFIG_FILE
     raw = json.loads(config.read_text()) if config.is_file() else {}
     names = {
