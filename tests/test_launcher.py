@@ -129,3 +129,10 @@ def test_fetch_without_the_hub_says_what_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub is reachable here anyway: fail fast
     with pytest.raises(ValueError, match="download of kyutai/moshiko-pytorch-bf16@main failed .*re-run the role"):
         launcher.fetch("kyutai/moshiko-pytorch-bf16", "main", tmp_path / "weights", None)
+
+
+def test_waiting_gives_up_at_once_on_a_crash_looping_service():
+    from myca_ops.voice.probe import wait_for_handshake
+
+    with pytest.raises(TimeoutError, match="moshi crashed and was restarted 3 times"):
+        wait_for_handshake("ws://127.0.0.1:9/api/chat", 600, broken=lambda: "moshi crashed and was restarted 3 times")

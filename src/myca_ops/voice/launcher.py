@@ -232,6 +232,24 @@ def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
     print(f"myca-moshi: {repo}@{revision} ready in {dest}", flush=True)
 
 
+def crash_watch(unit: str, limit: int = 3):
+    """A check that says why waiting for `unit` is pointless: systemd restarted it `limit`
+    times since the watch began (NRestarts only grows, so count from here)."""
+    import subprocess
+
+    def restarts() -> int:
+        out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", unit], capture_output=True, text=True)
+        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+    base = restarts()
+
+    def check() -> str | None:
+        n = restarts() - base
+        return f"{unit} crashed and was restarted {n} times (its journal says why)" if n >= limit else None
+
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myca-moshi", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--timeout", type=float, default=600)
     w.add_argument("--cafile")
     w.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)")
+    w.add_argument("--unit", help="give up early when this systemd unit keeps crashing")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -252,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "wait":
             from myca_ops.voice.probe import wait_for_handshake
 
-            took = wait_for_handshake(args.url, args.timeout, args.cafile, not args.insecure)
+            took = wait_for_handshake(
+                args.url,
+                args.timeout,
+                args.cafile,
+                not args.insecure,
+                crash_watch(args.unit) if args.unit else (lambda: None),
+            )
             print(f"handshake from {args.url} after {took:.1f}s")
         else:
             serve(dict(os.environ))

@@ -143,10 +143,18 @@ async def probe(
     return result
 
 
-def wait_for_handshake(url: str, timeout: float, cafile: str | None = None, verify_tls: bool = True) -> float:
-    """Retry the handshake until it answers or `timeout` seconds pass; return the total wait."""
+def wait_for_handshake(
+    url: str, timeout: float, cafile: str | None = None, verify_tls: bool = True, broken=lambda: None
+) -> float:
+    """Retry the handshake until it answers or `timeout` seconds pass; return the total wait.
+
+    `broken()` returns why waiting longer is pointless (a crash-looping service), or None.
+    """
     start = time.monotonic()
     while True:
+        why = broken()
+        if why:
+            raise TimeoutError(f"no handshake from {url}: {why}")
         result = asyncio.run(
             probe(url, cafile=cafile, verify_tls=verify_tls, handshake_only=True, connect_timeout=min(10.0, timeout))
         )

@@ -11,15 +11,6 @@ CONTROL = 0x03
 METADATA = 0x04  # JSON
 ERROR = 0x05
 PING = 0x06
-KINDS = {
-    HANDSHAKE: "handshake",
-    AUDIO: "audio",
-    TEXT: "text",
-    CONTROL: "control",
-    METADATA: "metadata",
-    ERROR: "error",
-    PING: "ping",
-}
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
