@@ -19,6 +19,7 @@ options:
   url: {description: "The chat endpoint, ws:// or wss://.", type: str, default: "ws://127.0.0.1:8998/api/chat"}
   seconds: {description: Seconds of audio to stream., type: float, default: 10}
   cafile: {description: CA bundle to verify a wss:// server with., type: path}
+  token: {description: "Bearer token for a bridge with token auth (sent as a header, kept out of argv).", type: str}
   validate_certs: {description: Verify the TLS certificate (false for a self-signed lab certificate)., type: bool, default: true}
   require_realtime: {description: Fail when the verdict is not real-time., type: bool, default: false}
   timeout: {description: Seconds the probe may take., type: int, default: 120}
@@ -53,6 +54,7 @@ def main():
             url=dict(type="str", default="ws://127.0.0.1:8998/api/chat"),
             seconds=dict(type="float", default=10),
             cafile=dict(type="path"),
+            token=dict(type="str", no_log=True),
             validate_certs=dict(type="bool", default=True),
             require_realtime=dict(type="bool", default=False),
             timeout=dict(type="int", default=120),
@@ -68,7 +70,7 @@ def main():
     args += ["--cafile", p["cafile"]] if p["cafile"] else []
     args += [] if p["validate_certs"] else ["--insecure"]
     args += ["--handshake-only"] if module.check_mode else []
-    result = run_json(module, p["python"], args, p["timeout"])
+    result = run_json(module, p["python"], args, p["timeout"], env={"MYCA_PROBE_TOKEN": p["token"] or ""})
     if result["error"]:
         module.fail_json(msg=result["error"], **result)
     if p["require_realtime"] and result["realtime"] is False:

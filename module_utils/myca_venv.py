@@ -7,10 +7,10 @@ import json
 import os
 
 
-def run_json(module, python: str, args: list, timeout: int) -> dict:
+def run_json(module, python: str, args: list, timeout: int, env: dict | None = None) -> dict:
     if not os.path.exists(python):
         module.fail_json(msg="%s does not exist: converge the role that installs this venv first" % python)
-    rc, out, err = module.run_command(["timeout", str(timeout), python, *args])
+    rc, out, err = module.run_command(["timeout", str(timeout), python, *args], environ_update=env or {})
     result = None
     for text in (out, out.strip().splitlines()[-1] if out.strip() else ""):  # whole output, or its last line
         try:

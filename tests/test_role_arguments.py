@@ -3,10 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BIN, ROOT, ansible_env
 
 
-def run_role(tmp_path, role: str, variables: str) -> subprocess.CompletedProcess:
+def run_role(tmp_path, role: str, variables: str, check: bool = True) -> subprocess.CompletedProcess:
     play = tmp_path / "play.yml"
     play.write_text(
         f"- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: {role}\n      vars:\n{variables}"
@@ -18,7 +20,7 @@ def run_role(tmp_path, role: str, variables: str) -> subprocess.CompletedProcess
             "localhost,",
             "-c",
             "local",
-            "--check",
+            *(["--check"] if check else []),
             str(play),
             "-e",
             f"ansible_python_interpreter={sys.executable}",
@@ -42,3 +44,58 @@ def test_wrong_bool_names_the_variable(tmp_path):
     out = run_role(tmp_path, "gpu_host", "        gpu_host_require_gpu: sometimes\n")
     assert out.returncode != 0
     assert "gpu_host_require_gpu" in out.stdout
+
+
+def test_bridge_names_a_wrong_upstream_before_installing(tmp_path):
+    out = run_role(tmp_path, "bridge", "        bridge_upstream: http://gpu-host:8998\n")
+    assert out.returncode != 0
+    assert "bridge_upstream must be a ws:// or wss:// URL, got http://gpu-host:8998" in out.stdout
+    assert "Install venv support" not in out.stdout
+
+
+def test_bridge_tls_without_a_certificate_says_why(tmp_path):
+    out = run_role(tmp_path, "bridge", "        bridge_upstream: ws://g:8998/api/chat\n        bridge_tls: true\n")
+    assert out.returncode != 0
+    assert "bridge_tls needs bridge_tls_cert and bridge_tls_key" in out.stdout
+
+
+@pytest.mark.parametrize("role", ["bridge", "mas"])
+def test_role_pins_match_the_package_extra(role):
+    import tomllib
+
+    import yaml
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][role]
+    defaults = yaml.safe_load((ROOT / f"roles/{role}/defaults/main.yml").read_text())
+    assert defaults[f"{role}_packages"] == extra
+
+
+def test_website_without_a_folder_says_what_to_set(tmp_path):
+    out = run_role(tmp_path, "website", "        website_ws_url: ws://bridge:8999/api/chat\n")
+    assert out.returncode != 0
+    assert "website_dir is not set" in out.stdout
+
+
+def test_website_sets_the_url_keeps_other_lines_and_backs_up(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    env = site / ".env.local"
+    original = "# settings\nNEXT_PUBLIC_SITE_NAME=MYCA\nexport NEXT_PUBLIC_PERSONAPLEX_WS_URL=ws://old:8998/api/chat\nSECRET=s3\n"
+    env.write_text(original)
+    env.chmod(0o600)
+    variables = f"        website_dir: {site}\n        website_ws_url: wss://voice.example:8999/api/chat\n"
+
+    first = run_role(tmp_path, "website", variables, check=False)
+    assert first.returncode == 0, first.stdout
+    assert env.read_text() == original.replace(
+        "export NEXT_PUBLIC_PERSONAPLEX_WS_URL=ws://old:8998/api/chat",
+        "NEXT_PUBLIC_PERSONAPLEX_WS_URL=wss://voice.example:8999/api/chat",
+    )
+    assert env.stat().st_mode & 0o777 == 0o600  # the operator's mode is kept
+    backups = list(site.glob(".env.local.*~"))
+    assert len(backups) == 1 and backups[0].read_text() == original
+    assert "restart the dev server" in first.stdout
+
+    second = run_role(tmp_path, "website", variables, check=False)
+    assert second.returncode == 0 and "changed=0" in second.stdout
+    assert len(list(site.glob(".env.local.*~"))) == 1

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -102,8 +103,10 @@ def verdict(result: dict) -> tuple[bool, str]:
 
 
 @contextlib.asynccontextmanager
-async def chat_session(url: str, timeout: float = 30, cafile: str | None = None, verify_tls: bool = True):
-    """Open /api/chat and wait for the handshake byte; yield the websocket."""
+async def chat_session(
+    url: str, timeout: float = 30, cafile: str | None = None, verify_tls: bool = True, token: str | None = None
+):
+    """Open /api/chat (with the bridge's bearer token, if any) and wait for the handshake byte; yield the websocket."""
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout)) as session:
@@ -112,6 +115,7 @@ async def chat_session(url: str, timeout: float = 30, cafile: str | None = None,
             ssl=client_ssl(url, cafile, verify_tls),
             max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         ) as ws:
             first = await ws.receive(timeout=timeout)
             if first.type != aiohttp.WSMsgType.BINARY or first.data[:1] != bytes([HANDSHAKE]):
@@ -127,6 +131,7 @@ async def probe(
     handshake_only: bool = False,
     connect_timeout: float = 30,
     drain_s: float = 1.0,
+    token: str | None = None,
 ) -> dict:
     import aiohttp
     import sphn
@@ -134,7 +139,7 @@ async def probe(
     result: dict = {"url": url, "seconds": seconds, "error": None}
     start = time.perf_counter()
     try:
-        async with chat_session(url, connect_timeout, cafile, verify_tls) as ws:
+        async with chat_session(url, connect_timeout, cafile, verify_tls, token) as ws:
             result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
                 result.update(await _stream(ws, sphn, seconds, drain_s))
@@ -255,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshake-only", action="store_true")
     args = parser.parse_args(argv)
     result = run(
-        args.url, args.seconds, cafile=args.cafile, verify_tls=not args.insecure, handshake_only=args.handshake_only
+        args.url,
+        args.seconds,
+        cafile=args.cafile,
+        verify_tls=not args.insecure,
+        handshake_only=args.handshake_only,
+        token=os.environ.get("MYCA_PROBE_TOKEN") or None,  # from the environment: argv is visible to every user
     )
     print(json.dumps(result, indent=2))
     return 1 if result["error"] else 0

@@ -1,0 +1,1 @@
+"""The PersonaPlex bridge: the browser's websocket /api/chat relayed to Moshi (port 8999)."""

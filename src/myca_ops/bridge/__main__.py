@@ -1,0 +1,46 @@
+"""myca-bridge serve|check --config FILE: run the bridge (systemd's myca-bridge unit), or check its settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from myca_ops.bridge.app import make_app, server_ssl
+from myca_ops.bridge.config import BridgeConfig, ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="myca-bridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="relay /api/chat to the upstream Moshi")
+    serve.add_argument("--config", required=True, help="the JSON settings file (written by the bridge role)")
+    check = sub.add_parser("check", help="check a settings file and exit (the role validates with it)")
+    check.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = BridgeConfig.load(args.config)
+        ssl_context = server_ssl(config)
+    except (ConfigError, OSError) as exc:
+        print(f"myca-bridge: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"myca-bridge: {args.config} is valid")
+        return 0
+    logging.getLogger("myca_ops.bridge").info(
+        "relaying %s://%s:%d/api/chat to %s, at most %d session(s)",
+        "wss" if ssl_context else "ws",
+        config.listen_host,
+        config.listen_port,
+        config.upstream,
+        config.max_sessions,
+    )
+    web.run_app(make_app(config), host=config.listen_host, port=config.listen_port, ssl_context=ssl_context, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

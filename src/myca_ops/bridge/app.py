@@ -1,0 +1,295 @@
+"""The relay: browser <-> bridge <-> Moshi, one websocket each way, message by message.
+
+Each direction is a loop that reads one message and awaits its send before reading the
+next: a slow side stops the reading of the other (TCP backpressure), so nothing queues up
+in the bridge beyond one message per direction.
+
+    python -m myca_ops.bridge serve --config /etc/myca-bridge/bridge.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import ssl
+import time
+import uuid
+
+import aiohttp
+import yarl
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from myca_ops.bridge.config import BridgeConfig
+from myca_ops.bridge.events import EventSink
+from myca_ops.voice.protocol import HANDSHAKE, client_ssl
+
+log = logging.getLogger("myca_ops.bridge")
+
+KINDS = {0: "handshake", 1: "audio", 2: "text", 3: "control", 4: "metadata", 5: "error", 6: "ping"}
+# Close codes a client sees (RFC 6455 and IANA's registry; 4xxx are the bridge's own).
+CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
+CLOSE_TEXT = WSCloseCode.UNSUPPORTED_DATA  # 1003
+CLOSE_TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
+CLOSE_UPSTREAM = WSCloseCode.BAD_GATEWAY  # 1014
+CLOSE_IDLE = 4408
+# aiohttp itself closes (with no reason) above this; between our limit and this we say why.
+HARD_LIMIT_FACTOR = 4
+UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
+HEALTH_CACHE_S = 2.0
+
+CONFIG = web.AppKey("config", BridgeConfig)
+STATE = web.AppKey("state", "BridgeState")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.sessions_active = Gauge("myca_bridge_sessions_active", "Sessions being relayed now", registry=r)
+        self.sessions = Counter("myca_bridge_sessions", "Sessions by outcome", ["outcome"], registry=r)
+        self.bytes = Counter("myca_bridge_bytes", "Bytes relayed", ["direction"], registry=r)
+        self.messages = Counter("myca_bridge_messages", "Messages relayed", ["direction", "kind"], registry=r)
+        self.dropped = Counter("myca_bridge_dropped_messages", "Client messages dropped", ["reason"], registry=r)
+        self.events_dropped = Counter("myca_bridge_events_dropped", "Session events dropped (queue full)", registry=r)
+        self.connect = Histogram(
+            "myca_bridge_upstream_connect_seconds",
+            "Time to open the upstream websocket",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.relay = Histogram(
+            "myca_bridge_relay_seconds",
+            "Time from a message read to its write to the other side",
+            ["direction"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
+        # Label children bound once: the per-message path stays a few attribute lookups.
+        self.per_direction = {
+            d: (self.bytes.labels(d), self.relay.labels(d), {k: self.messages.labels(d, n) for k, n in KINDS.items()})
+            for d in ("to_upstream", "to_client")
+        }
+
+
+class BridgeState:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.metrics = Metrics()
+        self.active = 0
+        self.client: aiohttp.ClientSession | None = None
+        self.events = EventSink(config.mas_url, config.event_queue_size, self.metrics.events_dropped.inc)
+        self.health: tuple[float, int, dict] | None = None
+        self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
+
+
+def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
+    return any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
+
+
+def upstream_url(config: BridgeConfig, request: web.Request) -> str:
+    """The upstream URL with the client's query string, less the bridge's own token."""
+    query = [(k, v) for k, v in request.query.items() if k != "token"]
+    return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
+
+
+async def close(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, message=reason.encode()[:120])  # a close reason has at most 123 bytes
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    config, state = request.app[CONFIG], request.app[STATE]
+    m = state.metrics
+    origin = request.headers.get("Origin")
+    if config.allowed_origins and origin is not None and origin not in config.allowed_origins:
+        m.sessions.labels("forbidden_origin").inc()
+        raise web.HTTPForbidden(text=f"origin {origin} is not allowed (bridge_allowed_origins)\n")
+    if config.tokens and not token_ok(request, config.tokens):
+        m.sessions.labels("unauthorized").inc()
+        raise web.HTTPUnauthorized(text="a valid token is required: header 'Authorization: Bearer T' or ?token=T\n")
+
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR, autoping=True)
+    await ws.prepare(request)
+    if state.active >= config.max_sessions:
+        m.sessions.labels("busy").inc()
+        await close(ws, CLOSE_BUSY, f"busy: {state.active} of {config.max_sessions} sessions in use; try again later")
+        return ws
+
+    state.active += 1
+    m.sessions_active.inc()
+    session_id = uuid.uuid4().hex
+    started = time.time()
+    peer = request.remote or ""
+    state.events.emit({"event": "session_start", "session_id": session_id, "at": started, "peer": peer})
+    outcome, code, reason = "relayed", 1000, ""
+    try:
+        outcome, code, reason = await relay(ws, request, config, state)
+    finally:
+        state.active -= 1
+        m.sessions_active.dec()
+        m.sessions.labels(outcome).inc()
+        ended = time.time()
+        log.info("session %s from %s ended after %.1f s: %s %s", session_id, peer, ended - started, code, reason)
+        state.events.emit(
+            {
+                "event": "session_end",
+                "session_id": session_id,
+                "at": ended,
+                "peer": peer,
+                "duration_s": round(ended - started, 3),
+                "outcome": outcome,
+                "close_code": int(code),
+                "reason": reason,
+            }
+        )
+    return ws
+
+
+async def relay(ws: web.WebSocketResponse, request: web.Request, config: BridgeConfig, state: BridgeState):
+    """Relay until one side ends; returns (outcome, close code, reason) as the client saw them."""
+    m = state.metrics
+    t0 = time.perf_counter()
+    try:
+        upstream = await state.client.ws_connect(
+            upstream_url(config, request),
+            ssl=state.upstream_ssl,
+            max_msg_size=UPSTREAM_MAX_MESSAGE,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
+            autoping=True,
+        )
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        reason = f"upstream unreachable: {type(exc).__name__}: {exc}"
+        await close(ws, CLOSE_UPSTREAM, reason)
+        return "upstream_error", CLOSE_UPSTREAM, reason
+    m.connect.observe(time.perf_counter() - t0)
+
+    to_upstream = asyncio.create_task(pump_from_client(ws, upstream, config, m))
+    to_client = asyncio.create_task(pump_from_upstream(upstream, ws, m))
+    done, pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    outcome, code, reason = done.pop().result()
+    await close(upstream, 1000, "client gone" if outcome == "relayed" else reason)
+    await close(ws, code, reason)
+    return outcome, code, reason
+
+
+async def pump_from_client(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics):
+    nbytes, relay_time, per_kind = m.per_direction["to_upstream"]
+    limit = config.max_message_bytes
+    while True:
+        try:
+            msg = await ws.receive(timeout=config.idle_timeout_s)
+        except asyncio.TimeoutError:
+            return "idle", CLOSE_IDLE, f"idle: no message from the client for {config.idle_timeout_s:g} s"
+        if msg.type == WSMsgType.BINARY:
+            data = msg.data
+            if len(data) > limit:
+                return "too_big", CLOSE_TOO_BIG, f"message of {len(data)} bytes is over the limit of {limit}"
+            counter = per_kind.get(data[0]) if data else None
+            if counter is None:
+                m.dropped.labels("unknown_kind").inc()
+                continue
+            started = time.perf_counter()
+            await upstream.send_bytes(data)
+            relay_time.observe(time.perf_counter() - started)
+            counter.inc()
+            nbytes.inc(len(data))
+        elif msg.type == WSMsgType.TEXT:
+            return "text_frame", CLOSE_TEXT, "text frames are not part of the protocol: send binary, first byte = kind"
+        elif msg.type == WSMsgType.ERROR:
+            code = ws.close_code or WSCloseCode.PROTOCOL_ERROR
+            return "protocol_error", code, f"client error: {msg.data}"
+        else:  # CLOSE, CLOSING, CLOSED
+            return "relayed", 1000, "client closed"
+
+
+async def pump_from_upstream(upstream, ws: web.WebSocketResponse, m: Metrics):
+    nbytes, relay_time, per_kind = m.per_direction["to_client"]
+    unknown = m.messages.labels("to_client", "unknown")
+    while True:
+        msg = await upstream.receive()
+        if msg.type == WSMsgType.BINARY:
+            data = msg.data
+            started = time.perf_counter()
+            await ws.send_bytes(data)
+            relay_time.observe(time.perf_counter() - started)
+            (per_kind.get(data[0], unknown) if data else unknown).inc()
+            nbytes.inc(len(data))
+        elif msg.type == WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        else:
+            code = upstream.close_code or WSCloseCode.GOING_AWAY
+            if msg.type == WSMsgType.ERROR:
+                return "upstream_error", CLOSE_UPSTREAM, f"upstream error: {msg.data}"
+            return "upstream_closed", code, "upstream closed the session"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the upstream answers the handshake byte (or is busy serving our sessions)."""
+    config, state = request.app[CONFIG], request.app[STATE]
+    now = time.monotonic()
+    if state.health and now - state.health[0] < HEALTH_CACHE_S:
+        return web.json_response(state.health[2], status=state.health[1])
+    body = {"upstream": config.upstream, "sessions": state.active, "max_sessions": config.max_sessions}
+    if state.active:
+        body.update(ok=True, detail="upstream is serving the bridge's sessions")
+    else:
+        body.update(await probe_upstream(config, state))
+    status = 200 if body["ok"] else 503
+    state.health = (now, status, body)
+    return web.json_response(body, status=status)
+
+
+async def probe_upstream(config: BridgeConfig, state: BridgeState) -> dict:
+    t0 = time.perf_counter()
+    try:
+        msg = await asyncio.wait_for(first_message(state, config.upstream), config.connect_timeout_s)
+        if msg.type == WSMsgType.BINARY and msg.data[:1] == bytes([HANDSHAKE]):
+            return {"ok": True, "handshake_ms": round((time.perf_counter() - t0) * 1000, 1)}
+        return {"ok": False, "error": f"upstream sent {msg.type.name} {msg.data!r:.40} instead of the handshake byte"}
+    except asyncio.TimeoutError:
+        return {"ok": False, "error": f"no handshake from the upstream within {config.connect_timeout_s:g} s"}
+    except (aiohttp.ClientError, OSError) as exc:
+        return {"ok": False, "error": f"upstream unreachable: {type(exc).__name__}: {exc}"}
+
+
+async def first_message(state: BridgeState, url: str) -> aiohttp.WSMessage:
+    async with state.client.ws_connect(url, ssl=state.upstream_ssl) as upstream:
+        return await upstream.receive()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(config: BridgeConfig) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = config
+    app[STATE] = state = BridgeState(config)
+
+    async def lifecycle(app: web.Application):
+        state.client = aiohttp.ClientSession()
+        await state.events.start()
+        yield
+        await state.events.stop()
+        await state.client.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/api/chat", chat)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def server_ssl(config: BridgeConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context

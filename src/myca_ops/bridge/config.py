@@ -1,0 +1,67 @@
+"""The bridge's settings: one JSON file, rendered by the bridge role from its variables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    upstream: str  # ws:// or wss:// URL of Moshi's /api/chat (or of HAProxy in front of several)
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8999
+    upstream_ca: str = ""  # CA bundle that signed a wss upstream; empty: the system store
+    upstream_verify: bool = True
+    tokens: tuple[str, ...] = ()  # empty: no token needed
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin
+    max_sessions: int = 1  # moshi.server serves one session at a time
+    idle_timeout_s: float = 60.0  # close a session when the client sends nothing for this long
+    max_message_bytes: int = 65536
+    connect_timeout_s: float = 10.0
+    mas_url: str = ""  # where session events are POSTed; empty: none
+    event_queue_size: int = 1000
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.upstream.startswith(("ws://", "wss://")):
+            raise ConfigError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r} (bridge_upstream)")
+        for name in ("max_sessions", "max_message_bytes", "event_queue_size", "listen_port"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r} (bridge_{name})")
+        for name in ("idle_timeout_s", "connect_timeout_s"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r} (bridge_{name})")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: set both or neither (bridge_tls_cert, bridge_tls_key)")
+        if any(not t or len(t) < 16 for t in self.tokens):
+            raise ConfigError(
+                "every token must be at least 16 characters (bridge_tokens); make one with `openssl rand -hex 24`"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BridgeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "upstream" not in data:
+            raise ConfigError("upstream is required: the ws:// URL of Moshi's /api/chat (bridge_upstream)")
+        values = dict(data)
+        for name in ("tokens", "allowed_origins"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BridgeConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read the bridge config {path}: {exc}") from exc
+        return cls.from_dict(data)

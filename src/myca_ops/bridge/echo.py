@@ -1,0 +1,41 @@
+"""A server speaking Moshi's protocol that echoes: the bridge's test and benchmark upstream.
+
+On connect it sends the handshake byte, then a metadata message (0x04 + JSON) naming the
+query string it was called with, then returns every binary message unchanged.
+
+    python -m myca_ops.bridge.echo --port 9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aiohttp import WSMsgType, web
+
+from myca_ops.voice.protocol import HANDSHAKE, METADATA
+
+
+async def chat(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=0)
+    await ws.prepare(request)
+    await ws.send_bytes(bytes([HANDSHAKE]))
+    await ws.send_bytes(bytes([METADATA]) + json.dumps({"query": request.query_string}).encode())
+    async for msg in ws:
+        if msg.type == WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/api/chat", chat)
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    web.run_app(make_app(), host=args.host, port=args.port, print=None)

@@ -1,0 +1,300 @@
+"""The bridge as a real process in front of a real upstream (an echo speaking the protocol, and moshi.server)."""
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import aiohttp
+import pytest
+
+from myca_ops.bridge.config import BridgeConfig, ConfigError
+from myca_ops.lab.processes import bridge, echo_upstream
+
+TOKEN = "t" * 24
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    with echo_upstream(tmp_path) as url:
+        yield url
+
+
+def chat_url(base: str, query: str = "") -> str:
+    return base.replace("http", "ws") + "/api/chat" + query
+
+
+async def opening(ws) -> tuple[bytes, dict]:
+    """The echo upstream's first two messages: the handshake byte and its metadata."""
+    handshake = await ws.receive_bytes(timeout=5)
+    meta = await ws.receive_bytes(timeout=5)
+    return handshake, json.loads(meta[1:])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=15) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def test_relays_byte_exact_both_ways_and_passes_the_query(tmp_path, upstream):
+    rng = random.Random(1)
+    messages = [bytes([rng.randint(1, 6)]) + rng.randbytes(rng.randint(0, 4000)) for _ in range(300)]
+
+    async def session(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, "?voice=7&token=" + TOKEN)) as ws:
+            handshake, meta = await opening(ws)
+            for message in messages:
+                await ws.send_bytes(message)
+            echoed = [await ws.receive_bytes(timeout=5) for _ in messages]
+            return handshake, meta, echoed
+
+    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN]) as base:
+        handshake, meta, echoed = asyncio.run(session(base))
+        status, text = http_get(base + "/metrics")
+    assert handshake == b"\x00"
+    assert meta == {"query": "voice=7"}  # the bridge's token stays with the bridge
+    assert echoed == messages
+    audio = sum(1 for m in messages if m[0] == 1)
+    assert metric(text, 'myca_bridge_messages_total{direction="to_upstream",kind="audio"}') == audio
+    assert metric(text, 'myca_bridge_bytes_total{direction="to_client"}') == sum(map(len, messages)) + 1 + len(
+        b'\x04{"query": "voice=7"}'
+    )
+
+
+def test_token_and_origin_are_checked_before_the_upgrade(tmp_path, upstream):
+    async def status_of(base, query="", headers=None):
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.ws_connect(chat_url(base, query), headers=headers or {}) as ws:
+                    await opening(ws)
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    settings = {"upstream": upstream, "tokens": [TOKEN], "allowed_origins": ["https://myca.example"]}
+    with bridge(tmp_path, **settings) as base:
+        good = {"Origin": "https://myca.example"}
+        assert asyncio.run(status_of(base, headers=good)) == 401
+        assert asyncio.run(status_of(base, "?token=" + "x" * 24, headers=good)) == 401
+        assert asyncio.run(status_of(base, "?token=" + TOKEN, headers=good)) == 101
+        assert asyncio.run(status_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
+        evil = {"Origin": "https://evil.example", "Authorization": "Bearer " + TOKEN}
+        assert asyncio.run(status_of(base, headers=evil)) == 403
+
+
+def test_a_second_caller_gets_busy_at_once_and_the_first_is_unharmed(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as first:
+            await opening(first)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with http.ws_connect(chat_url(base)) as second:
+                msg = await second.receive(timeout=5)
+            busy_after = loop.time() - t0
+            await first.send_bytes(b"\x01still here")
+            return msg, busy_after, await first.receive_bytes(timeout=5)
+
+    with bridge(tmp_path, upstream=upstream, max_sessions=1) as base:
+        msg, busy_after, echoed = asyncio.run(scenario(base))
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert msg.data == 1013 and msg.extra.startswith("busy: 1 of 1 sessions in use")
+    assert busy_after < 1.0
+    assert echoed == b"\x01still here"
+
+
+@pytest.mark.parametrize(
+    "send,code,reason",
+    [
+        (lambda ws: ws.send_bytes(b"\x01" + bytes(2000)), 1009, "message of 2001 bytes is over the limit of 1024"),
+        (lambda ws: ws.send_str("hello"), 1003, "text frames are not part of the protocol"),
+    ],
+    ids=["oversize", "text-frame"],
+)
+def test_bad_frames_close_the_session_with_a_code_and_reason(tmp_path, upstream, send, code, reason):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            await send(ws)
+            return await ws.receive(timeout=5)
+
+    with bridge(tmp_path, upstream=upstream, max_message_bytes=1024) as base:
+        msg = asyncio.run(scenario(base))
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert (msg.data, msg.extra[: len(reason)]) == (code, reason)
+
+
+def test_unknown_kinds_are_dropped_and_counted(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            for message in (b"\x09junk", b"", b"\xffmore", b"\x01audio"):
+                await ws.send_bytes(message)
+            return await ws.receive_bytes(timeout=5)
+
+    with bridge(tmp_path, upstream=upstream) as base:
+        first_echo = asyncio.run(scenario(base))
+        _, text = http_get(base + "/metrics")
+    assert first_echo == b"\x01audio"
+    assert metric(text, 'myca_bridge_dropped_messages_total{reason="unknown_kind"}') == 3
+
+
+def test_an_idle_client_is_closed(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            return await ws.receive(timeout=10)
+
+    with bridge(tmp_path, upstream=upstream, idle_timeout_s=0.5) as base:
+        msg = asyncio.run(scenario(base))
+    assert (msg.data, msg.extra) == (4408, "idle: no message from the client for 0.5 s")
+
+
+def test_a_dead_upstream_is_named_to_the_client_and_by_healthz(tmp_path):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            return await ws.receive(timeout=10)
+
+    with bridge(tmp_path, upstream="ws://127.0.0.1:9/api/chat", connect_timeout_s=2) as base:
+        msg = asyncio.run(scenario(base))
+        status, body = http_get(base + "/healthz")
+    assert msg.data == 1014 and msg.extra.startswith("upstream unreachable: ClientConnectorError")
+    assert status == 503 and "upstream unreachable" in json.loads(body)["error"]
+
+
+def test_healthz_is_ok_when_the_upstream_shakes_hands(tmp_path, upstream):
+    with bridge(tmp_path, upstream=upstream) as base:
+        status, body = http_get(base + "/healthz")
+    assert status == 200 and json.loads(body)["ok"] is True
+
+
+def test_fuzz_leaves_the_bridge_up_and_other_sessions_unharmed(tmp_path, upstream):
+    """1,000 random frames from several rude clients while a polite one keeps talking."""
+    rng = random.Random(7)
+
+    async def rude(base, frames):
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(chat_url(base))
+            for frame in frames:
+                if ws.closed:
+                    ws = await http.ws_connect(chat_url(base))
+                kind = rng.random()
+                try:
+                    if kind < 0.1:
+                        await ws.send_str(frame.hex())
+                    else:
+                        await ws.send_bytes(frame)
+                except (ConnectionResetError, aiohttp.ClientError):
+                    ws = await http.ws_connect(chat_url(base))
+                await asyncio.sleep(0)
+            await ws.close()
+
+    async def polite(base, stop):
+        sent = received = 0
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            while not stop.is_set():
+                payload = b"\x01" + rng.randbytes(160)
+                await ws.send_bytes(payload)
+                sent += 1
+                received += (await ws.receive_bytes(timeout=5)) == payload
+                await asyncio.sleep(0.02)
+        return sent, received
+
+    async def scenario(base):
+        frames = [rng.randbytes(rng.choice([0, 1, 2, 50, 500, 3000])) for _ in range(1000)]
+        stop = asyncio.Event()
+        polite_task = asyncio.create_task(polite(base, stop))
+        await asyncio.sleep(0.2)
+        await asyncio.gather(*(rude(base, frames[i::4]) for i in range(4)))
+        stop.set()
+        return await polite_task
+
+    with bridge(tmp_path, upstream=upstream, max_sessions=8, max_message_bytes=2048) as base:
+        sent, received = asyncio.run(scenario(base))
+        status, _ = http_get(base + "/healthz")
+        _, text = http_get(base + "/metrics")
+    assert sent > 10 and received == sent
+    assert status == 200
+    assert metric(text, "myca_bridge_dropped_messages_total") > 0
+    assert metric(text, 'myca_bridge_sessions_total{outcome="too_big"}') > 0
+
+
+def test_session_events_reach_the_mas_once_it_is_up(tmp_path, upstream):
+    from aiohttp import web
+
+    from myca_ops.lab.processes import free_port
+
+    port = free_port()
+    received = []
+
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+        await asyncio.sleep(1.2)  # the MAS is down: the bridge retries
+        app = web.Application()
+
+        async def record(request):
+            received.append(await request.json())
+            return web.json_response({"ok": True})
+
+        app.router.add_post("/api/myca/events", record)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        for _ in range(100):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await runner.cleanup()
+
+    with bridge(tmp_path, upstream=upstream, mas_url=f"http://127.0.0.1:{port}/api/myca/events") as base:
+        asyncio.run(scenario(base))
+    assert [e["event"] for e in received] == ["session_start", "session_end"]
+    assert received[0]["session_id"] == received[1]["session_id"]
+    assert received[1]["outcome"] == "relayed"
+
+
+def test_the_voice_probe_through_the_bridge_hears_moshi(tmp_path, moshi_server):
+    from myca_ops.voice.probe import probe
+
+    with bridge(tmp_path, upstream=moshi_server[0], tokens=[TOKEN]) as base:
+        refused = asyncio.run(probe(chat_url(base), seconds=2, handshake_only=True))
+        result = asyncio.run(probe(chat_url(base), seconds=2, token=TOKEN))
+    assert "401" in refused["error"]
+    assert result["error"] is None
+    assert result["handshake_ms"] is not None and result["audio_messages"] > 0
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"upstream": "http://moshi:8998"}, "upstream must be a ws:// or wss:// URL"),
+        ({"upstream": "ws://m/api/chat", "max_sessions": 0}, "max_sessions must be at least 1"),
+        ({"upstream": "ws://m/api/chat", "tokens": ["short"]}, "every token must be at least 16 characters"),
+        ({"upstream": "ws://m/api/chat", "tls_cert": "/c.pem"}, "tls_cert and tls_key go together"),
+        ({"upstream": "ws://m/api/chat", "max_session": 2}, "unknown setting(s) max_session"),
+        ({}, "upstream is required"),
+    ],
+)
+def test_bad_settings_name_the_cause(settings, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        BridgeConfig.from_dict(settings)
+
+
+def test_the_cli_reports_a_bad_config_file(tmp_path):
+    path = tmp_path / "bridge.json"
+    path.write_text("{not json")
+    out = subprocess.run(
+        [sys.executable, "-m", "myca_ops.bridge", "serve", "--config", str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and f"cannot read the bridge config {path}" in out.stderr

@@ -1,0 +1,297 @@
+"""The MAS side against a real PostgreSQL: migrations, the collectors' spool, the status endpoint."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import asyncpg
+import pytest
+
+from myca_ops.lab.processes import free_port, process
+from myca_ops.mas import collectors
+from myca_ops.mas.schema import migrate
+from myca_ops.mas.settings import Settings, SettingsError
+from myca_ops.mas.spool import Spool
+from myca_ops.mas.status import Stack
+
+DEAD_DSN = "postgresql://myca:x@127.0.0.1:9/none"  # nothing listens on port 9
+
+
+async def fetch(dsn: str, query: str, *args):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+def records(n: int, name: str = "host") -> list[dict]:
+    return [collectors.sample_record(name, {"n": i}) for i in range(n)]
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def test_migrations_apply_once_and_check_lists_without_applying(postgres):
+    async def scenario():
+        conn = await asyncpg.connect(postgres.dsn())
+        await conn.execute("CREATE DATABASE mig")
+        await conn.close()
+        conn = await asyncpg.connect(postgres.dsn("mig"))
+        try:
+            pending = await migrate(conn, check=True)
+            tables_before = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'samples'")
+            first, second = await migrate(conn), await migrate(conn)
+            rows = await conn.fetch("SELECT version, name FROM schema_migrations")
+        finally:
+            await conn.close()
+        return pending, tables_before, first, second, rows
+
+    pending, tables_before, first, second, rows = asyncio.run(scenario())
+    assert pending == ["0001_initial"] and tables_before == 0
+    assert first == ["0001_initial"] and second == []
+    assert [tuple(r) for r in rows] == [(1, "initial")]
+
+
+# --- the spool --------------------------------------------------------------------------
+
+
+def test_spool_flushes_in_order_and_empties(tmp_path, mas_db):
+    spool = Spool(tmp_path / "host.jsonl")
+    taken = records(5)
+    for r in taken:
+        spool.append(r)
+
+    async def scenario():
+        conn = await asyncpg.connect(mas_db)
+        sent = await collectors.flush(conn, spool, "host", 1.0)
+        await conn.close()
+        return sent
+
+    assert asyncio.run(scenario()) == 5
+    assert len(spool) == 0
+    rows = asyncio.run(fetch(mas_db, "SELECT id::text, data FROM samples ORDER BY taken_at"))
+    assert [r["id"] for r in rows] == [r["id"] for r in taken]
+    beat = asyncio.run(fetch(mas_db, "SELECT backlog FROM collector_heartbeats WHERE collector = 'host'"))
+    assert beat[0]["backlog"] == 0
+
+
+def test_a_crash_between_commit_and_truncation_stores_nothing_twice(tmp_path, mas_db):
+    path = tmp_path / "host.jsonl"
+    spool = Spool(path)
+    for r in records(4):
+        spool.append(r)
+
+    async def scenario():
+        conn = await asyncpg.connect(mas_db)
+        await collectors.store(conn, spool.read())  # committed; the process "dies" before drop_first
+        restarted = Spool(path)
+        restarted.append(collectors.sample_record("host", {"n": "after restart"}))
+        sent = await collectors.flush(conn, restarted, "host", 1.0)
+        await conn.close()
+        return sent
+
+    assert asyncio.run(scenario()) == 5
+    count = asyncio.run(fetch(mas_db, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM samples"))[0]
+    assert (count["n"], count["d"]) == (5, 5)
+
+
+def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path):
+    path = tmp_path / "host.jsonl"
+    spool = Spool(path)
+    kept = records(3)
+    for r in kept:
+        spool.append(r)
+    with open(path, "ab") as f:
+        f.write(b'{"id": "half a rec')  # a crash mid-append
+    reopened = Spool(path)
+    assert [r["id"] for r in reopened.read()] == [r["id"] for r in kept]
+    reopened.append(records(1)[0])
+    assert len(reopened.read()) == 4
+
+
+def test_a_collector_spools_while_the_database_is_dead_and_flushes_after(tmp_path, mas_db):
+    base = dict(collectors=("host",), collector_interval_s=0.05, spool_dir=tmp_path, check_timeout_s=0.5)
+    asyncio.run(collectors.run("host", Settings(dsn=DEAD_DSN, **base), samples=6))
+    spooled = Spool(tmp_path / "host.jsonl").read()
+    assert len(spooled) == 6
+    assert [r["taken_at"] for r in spooled] == sorted(r["taken_at"] for r in spooled)
+
+    asyncio.run(collectors.run("host", Settings(dsn=mas_db, **base), samples=1))
+    rows = asyncio.run(fetch(mas_db, "SELECT id::text, data FROM samples ORDER BY taken_at"))
+    assert [r["id"] for r in rows][:6] == [r["id"] for r in spooled]
+    assert len(rows) == 7 and len(Spool(tmp_path / "host.jsonl")) == 0
+    assert json.loads(rows[0]["data"])["mem_total_mb"] > 0  # a real sample of this host
+
+
+def test_an_unknown_collector_names_the_installed_ones():
+    with pytest.raises(SystemExit, match="no collector named 'nope'; installed: host, voice"):
+        collectors.load("nope", Settings(dsn=DEAD_DSN))
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+async def heartbeat(dsn: str, name: str, age_s: float = 0.0, backlog: int = 0) -> None:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        "INSERT INTO collector_heartbeats VALUES ($1, 'h', now() - make_interval(secs => $2), $3, 1)"
+        " ON CONFLICT (collector) DO UPDATE SET beat_at = EXCLUDED.beat_at, backlog = EXCLUDED.backlog",
+        name,
+        age_s,
+        backlog,
+    )
+    await conn.close()
+
+
+def status_of(settings: Settings) -> tuple[int, dict]:
+    async def scenario():
+        stack = Stack(settings)
+        try:
+            return await stack.status()
+        finally:
+            await stack.close()
+
+    return asyncio.run(scenario())
+
+
+def test_status_ok_with_a_live_database_and_fresh_collectors(mas_db):
+    asyncio.run(heartbeat(mas_db, "host", backlog=2))
+    code, body = status_of(Settings(dsn=mas_db, collectors=("host",), collector_interval_s=1))
+    assert code == 200 and body["status"] == "ok"
+    assert body["components"]["database"]["ok"] is True and body["components"]["database"]["latency_ms"] > 0
+    assert body["components"]["collectors"]["host"]["state"] == "running"
+    assert body["components"]["collectors"]["host"]["backlog"] == 2
+    assert body["components"]["voice"]["moshi"] == {"ok": None, "error": "not configured"}
+
+
+def test_status_degraded_names_a_stale_and_a_missing_collector(mas_db):
+    asyncio.run(heartbeat(mas_db, "host", age_s=3600))
+    code, body = status_of(Settings(dsn=mas_db, collectors=("host", "voice"), collector_interval_s=1))
+    assert code == 200 and body["status"] == "degraded"
+    assert body["components"]["collectors"]["host"]["state"] == "stale"
+    assert body["components"]["collectors"]["host"]["last_heartbeat_age_s"] >= 3600
+    assert body["components"]["collectors"]["voice"]["state"] == "missing"
+
+
+def test_status_degraded_when_moshi_is_unreachable(mas_db):
+    port = free_port()
+    code, body = status_of(Settings(dsn=mas_db, moshi_url=f"ws://127.0.0.1:{port}/api/chat"))
+    assert code == 200 and body["status"] == "degraded"
+    assert body["components"]["voice"]["moshi"]["error"].startswith(
+        f"127.0.0.1:{port} unreachable: ConnectionRefusedError"
+    )
+
+
+def test_status_down_and_503_naming_the_database_error_within_the_timeout():
+    t0 = time.monotonic()
+    code, body = status_of(Settings(dsn=DEAD_DSN, collectors=("host",), check_timeout_s=1))
+    assert time.monotonic() - t0 < 3
+    assert code == 503 and body["status"] == "down"
+    assert (
+        "Connect call failed" in body["components"]["database"]["error"]
+        or "refused" in body["components"]["database"]["error"]
+    )
+    assert body["components"]["collectors"]["host"]["state"] == "unknown"
+
+
+def test_a_burst_of_status_requests_costs_one_check(mas_db):
+    async def scenario():
+        stack = Stack(Settings(dsn=mas_db, status_ttl_s=5))
+        calls = 0
+        compute = stack._compute
+
+        async def counted():
+            nonlocal calls
+            calls += 1
+            return await compute()
+
+        stack._compute = counted
+        results = await asyncio.gather(*(stack.status() for _ in range(50)))
+        await stack.close()
+        return calls, {r[1]["checked_at"] for r in results}
+
+    calls, stamps = asyncio.run(scenario())
+    assert calls == 1 and len(stamps) == 1
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({}, "MYCA_MAS_DSN must be a postgresql:// URL"),
+        ({"MYCA_MAS_DSN": "postgresql://x", "MYCA_MAS_STATUS_TTL_S": "soon"}, "MYCA_MAS_STATUS_TTL_S must be a number"),
+    ],
+)
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+# --- the API as a process ---------------------------------------------------------------
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def post(url: str, body: dict) -> int:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def serve(tmp_path, dsn: str, **extra):
+    port = free_port()
+    env = dict(os.environ, MYCA_MAS_DSN=dsn, MYCA_MAS_HOST="127.0.0.1", MYCA_MAS_PORT=str(port), **extra)
+    return port, process([sys.executable, "-m", "myca_ops.mas", "serve"], port, tmp_path / "mas.log", env)
+
+
+def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
+    port, server = serve(tmp_path, mas_db)
+    event = {"event": "session_end", "session_id": uuid.uuid4().hex, "at": time.time(), "outcome": "relayed"}
+    with server:
+        code, body = get(f"http://127.0.0.1:{port}/api/myca/status")
+        stored = [post(f"http://127.0.0.1:{port}/api/myca/events", event) for _ in range(2)]
+        bad = post(f"http://127.0.0.1:{port}/api/myca/events", {"event": "x"})
+    assert code == 200 and body["status"] == "ok" and body["version"]
+    assert stored == [200, 200] and bad == 400
+    rows = asyncio.run(fetch(mas_db, "SELECT body FROM bridge_events"))
+    assert len(rows) == 1 and json.loads(rows[0]["body"])["outcome"] == "relayed"
+
+
+def test_the_status_router_mounts_into_the_operators_app(tmp_path, mas_db):
+    (tmp_path / "operator_mas.py").write_text(
+        "from fastapi import FastAPI\napp = FastAPI()\n\n@app.get('/api/agents')\ndef agents():\n    return ['myca']\n"
+    )
+    port, server = serve(tmp_path, mas_db, MYCA_MAS_APP="operator_mas:app", PYTHONPATH=str(tmp_path))
+    with server:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/agents", timeout=10) as resp:
+            agents = json.loads(resp.read())
+        code, body = get(f"http://127.0.0.1:{port}/api/myca/status")
+    assert agents == ["myca"]
+    assert code == 200 and body["components"]["database"]["ok"] is True
+
+
+def test_migrate_cli_reports_what_it_applied(postgres):
+    dsn = postgres.dsn()
+    env = dict(os.environ, MYCA_MAS_DSN=dsn)
+    run = [sys.executable, "-m", "myca_ops.mas", "migrate"]
+    check = subprocess.run([*run, "--check"], capture_output=True, text=True, env=env)
+    first = subprocess.run(run, capture_output=True, text=True, env=env)
+    second = subprocess.run(run, capture_output=True, text=True, env=env)
+    assert json.loads(check.stdout) == {"pending": ["0001_initial"]}
+    assert json.loads(first.stdout) == {"applied": ["0001_initial"]}
+    assert json.loads(second.stdout) == {"applied": []}
