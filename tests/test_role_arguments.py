@@ -62,7 +62,6 @@ def test_bridge_tls_without_a_certificate_says_why(tmp_path):
 @pytest.mark.parametrize("role", ["bridge", "mas"])
 def test_role_pins_match_the_package_extra(role):
     import tomllib
-
     import yaml
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][role]

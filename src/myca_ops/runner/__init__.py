@@ -1,0 +1,170 @@
+"""Run myca-ops from Python: `deploy("lab")` over ansible-runner, with events and a result.
+
+    from myca_ops.runner import deploy
+    result = deploy("lab", tags=["bridge"], on_event=print)
+    result.rc, result.status, result.hosts["bridge"].changed, result.verify
+
+`env` is an inventory name under the project's `inventory/` or a path to one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+EXIT_OK, EXIT_FAILED, EXIT_NOT_REALTIME, EXIT_UNREACHABLE = 0, 2, 3, 4
+
+
+class RunnerError(ValueError):
+    """Bad input (an unknown environment, no project); the message says what to do."""
+
+
+@dataclass
+class HostResult:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class DeployResult:
+    rc: int
+    status: str  # successful, failed, canceled, timeout
+    hosts: dict[str, HostResult]
+    artifact_dir: Path
+    verify: dict | None = None  # the verify report (gpu_hosts, bridge_hosts, mas_hosts rows) when verify ran
+    events: int = 0
+    failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed task
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.hosts.values())
+
+    def not_realtime(self) -> list[str]:
+        """Hosts that must be real-time (require_realtime) and were measured not to be."""
+        rows = (self.verify or {}).get("gpu_hosts", []) + (self.verify or {}).get("bridge_hosts", [])
+        return [r["host"] for r in rows if _true(r.get("require_realtime")) and not _true(r.get("realtime"))]
+
+    def exit_code(self) -> int:
+        """0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts."""
+        if any(h.unreachable for h in self.hosts.values()):
+            return EXIT_UNREACHABLE
+        if self.not_realtime():
+            return EXIT_NOT_REALTIME
+        if self.rc != 0 or self.status != "successful" or any(h.failed for h in self.hosts.values()):
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def to_dict(self) -> dict:
+        return {
+            "rc": self.rc,
+            "status": self.status,
+            "exit_code": self.exit_code(),
+            "changed": self.changed,
+            "hosts": {name: vars(h) for name, h in self.hosts.items()},
+            "failures": self.failures,
+            "not_realtime": self.not_realtime(),
+            "verify": self.verify,
+            "artifact_dir": str(self.artifact_dir),
+        }
+
+
+def _true(value) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The myca-ops checkout: the folder with site.yml and ansible.cfg, from `start` upwards."""
+    for folder in [start or Path.cwd(), *(start or Path.cwd()).parents]:
+        if (folder / "site.yml").is_file() and (folder / "ansible.cfg").is_file():
+            return folder.resolve()
+    raise RunnerError("no myca-ops project here: run from the checkout (the folder with site.yml) or pass project=")
+
+
+def inventory_path(project: Path, env: str) -> Path:
+    path = Path(env) if ("/" in env or Path(env).exists()) else project / "inventory" / env
+    if not path.exists():
+        known = sorted(p.name for p in (project / "inventory").iterdir() if p.is_dir())
+        raise RunnerError(f"no inventory {env!r}: choose one of {', '.join(known)} or give a path")
+    return path.resolve()
+
+
+def deploy(
+    env: str,
+    limit: str | None = None,
+    tags: list[str] | None = None,
+    check: bool = False,
+    extravars: dict | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    playbook: str = "site.yml",
+    cancel: threading.Event | None = None,
+    project: Path | None = None,
+    vault_password_file: str | None = None,
+) -> DeployResult:
+    """Run `playbook` (site.yml) against the inventory `env`; blocks until done or cancelled."""
+    project = (project or find_project()).resolve()
+    inventory = inventory_path(project, env)
+    artifacts = Path(tempfile.mkdtemp(prefix=f"myca-ops-{Path(env).name}-"))
+    cmdline = ["--diff"] + (["--check"] if check else [])
+    if vault_password_file:
+        cmdline += ["--vault-password-file", str(Path(vault_password_file).resolve())]
+    failures: list[str] = []
+    count = 0
+
+    def handle(event: dict) -> bool:
+        nonlocal count
+        count += 1
+        if event.get("event") == "runner_on_failed" and not event["event_data"].get("ignore_errors"):
+            data = event["event_data"]
+            failures.append(
+                f"{data.get('host')}: {data.get('task')}: {data.get('res', {}).get('msg', '')}".rstrip(": ")
+            )
+        if on_event:
+            on_event(event)
+        return True
+
+    runner = ansible_runner.run(
+        private_data_dir=str(artifacts),
+        project_dir=str(project),
+        playbook=str(project / playbook),
+        inventory=str(inventory),
+        limit=limit,
+        tags=",".join(tags) if tags else None,
+        extravars={"verify_report_dir": str(artifacts / "report"), **(extravars or {})},
+        cmdline=" ".join(cmdline),
+        envvars={
+            "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            # ansible-runner turns host key checking off unless told otherwise; keep ansible.cfg's.
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            # this interpreter's ansible-playbook, even when its venv is not activated
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        event_handler=handle,
+        cancel_callback=(lambda: cancel.is_set()) if cancel else None,
+        quiet=True,
+    )
+    stats = runner.stats or {}
+    hosts: dict[str, HostResult] = {}
+    for key, attr in (
+        ("ok", "ok"),
+        ("changed", "changed"),
+        ("failures", "failed"),
+        ("dark", "unreachable"),
+        ("skipped", "skipped"),
+    ):
+        for host, n in (stats.get(key) or {}).items():
+            setattr(hosts.setdefault(host, HostResult()), attr, n)
+    report = artifacts / "report" / "verify.json"
+    verify = json.loads(report.read_text()) if report.exists() else None
+    return DeployResult(runner.rc, runner.status, hosts, artifacts, verify, count, failures)

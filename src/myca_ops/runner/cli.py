@@ -1,0 +1,160 @@
+"""myca-ops: deploy, verify and read the status of an environment, with live progress.
+
+    myca-ops deploy ENV [--limit HOSTS] [--tags T,..] [--check] [-e k=v] [--json]
+    myca-ops verify ENV [--json]
+    myca-ops status ENV [--json]
+
+ENV is an inventory under inventory/ (lab, wsl2, cloud, production) or a path to one.
+Exit codes: 0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+
+from myca_ops.runner import DeployResult, RunnerError, deploy
+
+PLAYBOOKS = {"deploy": "site.yml", "verify": "playbooks/verify.yml", "status": "playbooks/status.yml"}
+RESULT_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "FAILED",
+    "runner_on_unreachable": "UNREACHABLE",
+    "runner_on_skipped": "skipped",
+}
+
+
+class Progress:
+    """One line per host with its current task: a live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.hosts: dict[str, str] = {}
+        self.live = None
+        if stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(file=stream), refresh_per_second=8, transient=False)
+            self.live.start()
+
+    def __call__(self, event: dict) -> None:
+        data = event.get("event_data", {})
+        kind, host, task = event.get("event"), data.get("host"), data.get("task", "")
+        if kind == "playbook_on_play_start":
+            self._say(f"PLAY {data.get('play', '')}")
+        elif kind == "runner_on_start" and host:
+            self.hosts[host] = f"{task} ..."
+            self._render()
+        elif kind in RESULT_EVENTS and host:
+            state = "changed" if kind == "runner_on_ok" and data.get("res", {}).get("changed") else RESULT_EVENTS[kind]
+            self.hosts[host] = f"{task}: {state}"
+            if self.live is None or state in ("FAILED", "UNREACHABLE"):
+                msg = data.get("res", {}).get("msg", "") if state in ("FAILED", "UNREACHABLE") else ""
+                self._say(f"{host:<14} {task}: {state}{(' - ' + str(msg)) if msg else ''}")
+            self._render()
+
+    def _say(self, line: str) -> None:
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _render(self) -> None:
+        if self.live is None:
+            return
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None)
+        for host, state in sorted(self.hosts.items()):
+            table.add_row(host, state)
+        self.live.update(table)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def summary(result: DeployResult) -> str:
+    lines = [f"{'host':<14} {'ok':>4} {'changed':>8} {'failed':>7} {'unreachable':>12}"]
+    for host, h in sorted(result.hosts.items()):
+        lines.append(f"{host:<14} {h.ok:>4} {h.changed:>8} {h.failed:>7} {h.unreachable:>12}")
+    for failure in result.failures:
+        lines.append(f"failed: {failure}")
+    verify = result.verify or {}
+    for row in verify.get("gpu_hosts", []):
+        verdict = "real-time" if str(row["realtime"]).lower() == "true" else "NOT real-time"
+        lines.append(
+            f"verify {row['host']}: {row['mode']}, step p99 {row['step_p99_ms']} ms (budget {row['budget_ms']} ms), "
+            f"first audio {row['first_audio_ms']} ms, {row['underruns']} underruns: {verdict}"
+        )
+    for row in verify.get("bridge_hosts", []):
+        lines.append(f"verify {row['host']} (bridge): first audio {row['first_audio_ms']} ms: {row['cause']}")
+    for row in verify.get("mas_hosts", []):
+        lines.append(
+            f"verify {row['host']} (MAS): status {row['status']}, collectors {row['collectors_running']}/{row['collectors']}"
+        )
+    lines.append(f"{result.status} (exit {result.exit_code()}); artifacts in {result.artifact_dir}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="myca-ops", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("deploy", "converge site.yml and verify"),
+        ("verify", "measure only"),
+        ("status", "the stack's status"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("env", help="inventory name (lab, wsl2, cloud, production) or path")
+        cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout, no progress")
+        cmd.add_argument("--limit", help="only these hosts or groups")
+        cmd.add_argument("--vault-password-file", help="for inventories with vault-encrypted secrets")
+        if name == "deploy":
+            cmd.add_argument("--tags", help="comma-separated tags")
+            cmd.add_argument("--check", action="store_true", help="change nothing, show what would change")
+            cmd.add_argument("-e", "--extra-var", action="append", default=[], metavar="K=V")
+    args = parser.parse_args(argv)
+
+    extravars = {}
+    for item in getattr(args, "extra_var", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-e takes K=V, got {item!r}")
+        extravars[key] = value
+    progress = None if args.json else Progress()
+    cancel = threading.Event()
+    try:
+        result = deploy(
+            args.env,
+            limit=args.limit,
+            tags=args.tags.split(",") if getattr(args, "tags", None) else None,
+            check=getattr(args, "check", False),
+            extravars=extravars,
+            on_event=progress,
+            playbook=PLAYBOOKS[args.command],
+            cancel=cancel,
+            vault_password_file=args.vault_password_file,
+        )
+    except RunnerError as exc:
+        print(f"myca-ops: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        cancel.set()
+        print("myca-ops: cancelled", file=sys.stderr)
+        return 130
+    finally:
+        if progress:
+            progress.stop()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(summary(result))
+    return result.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""myca_ops.runner and the myca-ops CLI, for real, against the lab hosts (ansible-runner)."""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, ansible_env
+from myca_ops.runner import DeployResult, HostResult, RunnerError, deploy
+
+COMMON_ON_BRIDGE = {"tags": ["common"], "limit": "bridge"}
+
+
+@pytest.fixture(scope="module")
+def lab_hosts():
+    """The lab's containers, started (or left as they are) by playbooks/lab.yml."""
+    out = subprocess.run(
+        [str(BIN / "ansible-playbook"), "playbooks/lab.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def myca_ops(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "myca-ops"), *args], cwd=ROOT, capture_output=True, text=True, env=ansible_env())
+
+
+def test_a_tagged_run_reports_hosts_and_events_in_order_then_check_mode_changes_nothing(lab_hosts):
+    events = []
+    result = deploy("lab", on_event=events.append, project=ROOT, **COMMON_ON_BRIDGE)
+    assert (result.rc, result.status) == (0, "successful")
+    assert result.hosts["bridge"].ok > 0 and result.hosts["bridge"].failed == 0
+    assert list(result.hosts) == ["bridge"]
+    counters = [e["counter"] for e in events]
+    assert counters == sorted(counters) and len(counters) == result.events
+    kinds = [e["event"] for e in events if e["event"] != "verbose"]  # verbose: warnings, plain output lines
+    assert kinds[0] == "playbook_on_start" and kinds[-1] == "playbook_on_stats"
+    assert kinds.index("runner_on_start") < kinds.index("runner_on_ok")
+    assert any(e["event_data"].get("task", "").startswith("Install the CA") for e in events if "event_data" in e)
+
+    checked = deploy("lab", check=True, project=ROOT, **COMMON_ON_BRIDGE)
+    assert (checked.rc, checked.changed) == (0, 0)
+    assert checked.exit_code() == 0
+
+
+def test_cancel_stops_a_run(lab_hosts):
+    cancel = threading.Event()
+
+    def on_event(event):
+        if event["event"] == "runner_on_start":
+            cancel.set()
+
+    t0 = time.monotonic()
+    result = deploy("lab", on_event=on_event, cancel=cancel, project=ROOT, **COMMON_ON_BRIDGE)
+    assert result.status == "canceled"
+    assert time.monotonic() - t0 < 60
+
+
+def test_cli_json_and_exit_0_with_progress_lines_when_not_a_terminal(lab_hosts):
+    out = myca_ops("deploy", "lab", "--tags", "common", "--limit", "bridge", "--json")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["status"] == "successful" and body["hosts"]["bridge"]["failed"] == 0
+
+    plain = myca_ops("deploy", "lab", "--tags", "common", "--limit", "bridge")
+    assert plain.returncode == 0
+    assert "bridge         Install the CA certificates tooling: ok" in plain.stderr
+    assert "successful (exit 0)" in plain.stdout
+
+
+def test_cli_exit_2_names_the_failed_task(lab_hosts):
+    out = myca_ops(
+        "deploy",
+        "lab",
+        "--tags",
+        "common",
+        "--limit",
+        "bridge",
+        "-e",
+        "common_extra_ca_bundle=/nonexistent.pem",
+        "--json",
+    )
+    assert out.returncode == 2
+    body = json.loads(out.stdout)
+    assert body["hosts"]["bridge"]["failed"] == 1
+    assert any("/nonexistent.pem" in f for f in body["failures"])
+
+
+def test_cli_exit_4_for_an_unreachable_host(lab_hosts, tmp_path):
+    inventory = tmp_path / "ghost"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "all:\n  vars:\n    ansible_connection: community.docker.docker\n"
+        "  children:\n    bridge_hosts:\n      hosts:\n        ghost:\n          ansible_host: myca-lab-no-such-host\n"
+    )
+    out = myca_ops("deploy", str(inventory), "--tags", "common", "--json")
+    assert out.returncode == 4
+    assert json.loads(out.stdout)["hosts"]["ghost"]["unreachable"] == 1
+
+
+def test_cli_names_the_known_environments_for_an_unknown_one():
+    out = myca_ops("deploy", "staging")
+    assert out.returncode == 1
+    assert "no inventory 'staging': choose one of cloud, lab, production, wsl2" in out.stderr
+
+
+def test_exit_codes_follow_the_result():
+    def result(hosts, verify=None, rc=0, status="successful"):
+        return DeployResult(rc, status, hosts, ROOT, verify)
+
+    row = {"host": "gpu", "require_realtime": "True", "realtime": "False"}
+    assert result({"a": HostResult(ok=3)}).exit_code() == 0
+    assert result({"a": HostResult(failed=1)}, rc=2, status="failed").exit_code() == 2
+    assert result({"a": HostResult(ok=1)}, {"gpu_hosts": [row]}, rc=2, status="failed").exit_code() == 3
+    assert result({"a": HostResult(ok=1)}, {"gpu_hosts": [dict(row, require_realtime=False)]}).exit_code() == 0
+    assert result({"a": HostResult(unreachable=1), "b": HostResult(failed=1)}, rc=4).exit_code() == 4
+
+
+def test_an_unknown_environment_raises_with_the_choices():
+    with pytest.raises(RunnerError, match="choose one of cloud, lab, production, wsl2"):
+        deploy("nope", project=ROOT)
