@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 1
 
-.PHONY: setup lab lab-image lab-assets lab-hosts lab-down test lint pytest molecule bench clean
+.PHONY: setup lab lab-image lab-assets lab-hosts lab-down test lint pytest molecule clean
 
 setup: $(STAMP)
 
