@@ -166,9 +166,13 @@ async def relay(ws: web.WebSocketResponse, request: web.Request, config: BridgeC
         return "upstream_error", CLOSE_UPSTREAM, reason
     m.connect.observe(time.perf_counter() - t0)
 
-    to_upstream = asyncio.create_task(pump_from_client(ws, upstream, config, m))
-    to_client = asyncio.create_task(pump_from_upstream(upstream, ws, m))
-    done, pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    last_seen = [time.monotonic()]  # when the client last sent a message
+    tasks = {
+        asyncio.create_task(pump_from_client(ws, upstream, config, m, last_seen)),
+        asyncio.create_task(pump_from_upstream(upstream, ws, m)),
+        asyncio.create_task(idle_watch(last_seen, config.idle_timeout_s)),
+    }
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -178,14 +182,21 @@ async def relay(ws: web.WebSocketResponse, request: web.Request, config: BridgeC
     return outcome, code, reason
 
 
-async def pump_from_client(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics):
+async def idle_watch(last_seen: list[float], idle_s: float):
+    """Ends the session when the client sends nothing for `idle_s` (one timer per session, not per message)."""
+    while (wait := last_seen[0] + idle_s - time.monotonic()) > 0:
+        await asyncio.sleep(wait)
+    return "idle", CLOSE_IDLE, f"idle: no message from the client for {idle_s:g} s"
+
+
+async def pump_from_client(
+    ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics, last_seen: list[float]
+):
     nbytes, relay_time, per_kind = m.per_direction["to_upstream"]
     limit = config.max_message_bytes
     while True:
-        try:
-            msg = await ws.receive(timeout=config.idle_timeout_s)
-        except asyncio.TimeoutError:
-            return "idle", CLOSE_IDLE, f"idle: no message from the client for {config.idle_timeout_s:g} s"
+        msg = await ws.receive()
+        last_seen[0] = time.monotonic()
         if msg.type == WSMsgType.BINARY:
             data = msg.data
             if len(data) > limit:

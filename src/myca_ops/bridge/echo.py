@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import uvloop
 from aiohttp import WSMsgType, web
 
 from myca_ops.voice.protocol import HANDSHAKE, METADATA
@@ -38,4 +39,4 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     args = parser.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, print=None)
+    web.run_app(make_app(), host=args.host, port=args.port, print=None, loop=uvloop.new_event_loop())
