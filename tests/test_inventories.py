@@ -34,11 +34,12 @@ def test_inventory_renders_with_every_group(env, vault_password_file):
         assert inventory.get(group, {}).get("hosts"), f"{env}: no host in {group}"
 
 
+@pytest.mark.parametrize("playbook", ["site.yml", "playbooks/status.yml"])
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_site_syntax_checks_against_the_inventory(env, vault_password_file):
+def test_playbooks_syntax_check_against_the_inventory(env, playbook, vault_password_file):
     out = ansible(
         "ansible-playbook",
-        "site.yml",
+        playbook,
         "-i",
         f"inventory/{env}",
         "--syntax-check",
