@@ -172,13 +172,19 @@ async def relay(ws: web.WebSocketResponse, request: web.Request, config: BridgeC
         asyncio.create_task(pump_from_upstream(upstream, ws, m)),
         asyncio.create_task(idle_watch(last_seen, config.idle_timeout_s)),
     }
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    outcome, code, reason = done.pop().result()
-    await close(upstream, 1000, "client gone" if outcome == "relayed" else reason)
-    await close(ws, code, reason)
+    outcome, code, reason = "relayed", 1000, "client closed"
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        outcome, code, reason = done.pop().result()
+    except (ConnectionError, aiohttp.ClientError) as exc:  # a side vanished mid-send
+        outcome, code, reason = "connection_lost", WSCloseCode.GOING_AWAY, f"connection lost: {type(exc).__name__}"
+    finally:
+        # Always end the upstream session too: moshi.server serves one at a time.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close(upstream, 1000, "client gone" if outcome == "relayed" else reason)
+        await close(ws, code, reason)
     return outcome, code, reason
 
 
@@ -234,7 +240,9 @@ async def pump_from_upstream(upstream, ws: web.WebSocketResponse, m: Metrics):
         elif msg.type == WSMsgType.TEXT:
             await ws.send_str(msg.data)
         else:
-            code = upstream.close_code or WSCloseCode.GOING_AWAY
+            code = upstream.close_code
+            if code is None or code in (1005, 1006, 1015):  # reserved: never sent in a close frame
+                code = WSCloseCode.GOING_AWAY
             if msg.type == WSMsgType.ERROR:
                 return "upstream_error", CLOSE_UPSTREAM, f"upstream error: {msg.data}"
             return "upstream_closed", code, "upstream closed the session"
