@@ -1,10 +1,15 @@
 """The bridge as a real process in front of a real upstream (an echo speaking the protocol, and moshi.server)."""
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import random
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -90,6 +95,81 @@ def test_token_and_origin_are_checked_before_the_upgrade(tmp_path, upstream):
         assert asyncio.run(status_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
         evil = {"Origin": "https://evil.example", "Authorization": "Bearer " + TOKEN}
         assert asyncio.run(status_of(base, headers=evil)) == 403
+
+
+def raw_websocket(base: str, rcvbuf: int = 4096) -> socket.socket:
+    """A websocket opened by hand on a plain socket: a client that can stop reading at will."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /api/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def client_frame(payload: bytes, declared: int | None = None) -> bytes:
+    """A masked binary frame (zero mask); `declared` lies about the length in the header."""
+    n = len(payload) if declared is None else declared
+    if n < 126:
+        header = bytes([0x82, 0x80 | n])
+    elif n < 65536:
+        header = bytes([0x82, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x82, 0x80 | 127]) + n.to_bytes(8, "big")
+    return header + bytes(4) + payload
+
+
+async def handshake_after(base: str, delay: float = 0.0) -> aiohttp.WSMessage:
+    """What a caller who connects `delay` seconds from now receives first."""
+    await asyncio.sleep(delay)
+    async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+        return await ws.receive(timeout=5)
+
+
+def test_a_caller_who_reconnects_right_after_hanging_up_gets_the_handshake(tmp_path, upstream):
+    """A page reload: hang up, connect again at once, 20 times; the only slot is free every time."""
+
+    async def scenario(base):
+        firsts = []
+        for _ in range(20):
+            async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+                await opening(ws)
+            firsts.append(await handshake_after(base))
+        return firsts
+
+    with bridge(tmp_path, upstream=upstream, max_sessions=1) as base:
+        firsts = asyncio.run(scenario(base))
+        _, text = http_get(base + "/metrics")
+    assert [(m.type, m.data) for m in firsts] == [(aiohttp.WSMsgType.BINARY, b"\x00")] * 20
+    assert metric(text, 'myca_bridge_sessions_total{outcome="busy"}') == 0
+    assert metric(text, "myca_bridge_sessions_active") == 0
+
+
+def test_a_client_that_stops_reading_loses_its_slot_within_the_bounds(tmp_path, upstream):
+    """It floods the echo and never reads: the idle timeout (1 s) plus the bounded close (2 s) free the slot."""
+    with bridge(tmp_path, upstream=upstream, max_sessions=1, idle_timeout_s=1) as base:
+        sock = raw_websocket(base)
+        sock.setblocking(False)
+        chunk = client_frame(b"\x01" + bytes(60_000))
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 64 * 1024 * 1024:  # until both directions' buffers are full
+                sock.send(chunk)
+                sent += len(chunk)
+        t0 = time.monotonic()
+        first = asyncio.run(handshake_after(base, delay=3.5))
+        waited = time.monotonic() - t0
+        sock.close()
+    assert sent < 64 * 1024 * 1024, "the bridge never pushed back"
+    assert (first.type, first.data) == (aiohttp.WSMsgType.BINARY, b"\x00")
+    assert waited < 6
 
 
 def test_a_second_caller_gets_busy_at_once_and_the_first_is_unharmed(tmp_path, upstream):

@@ -10,7 +10,6 @@ in the bridge beyond one message per direction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import ssl
@@ -39,6 +38,7 @@ CLOSE_IDLE = 4408
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
+CLOSE_TIMEOUT_S = 2.0
 
 CONFIG = web.AppKey("config", BridgeConfig)
 STATE = web.AppKey("state", "BridgeState")
@@ -81,6 +81,13 @@ class BridgeState:
         self.events = EventSink(config.mas_url, config.event_queue_size, self.metrics.events_dropped.inc)
         self.health: tuple[float, int, dict] | None = None
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
+        self.background: set[asyncio.Task] = set()
+
+    def spawn(self, coro) -> None:
+        """Run `coro` in the background, holding a reference until it ends."""
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
@@ -95,9 +102,19 @@ def upstream_url(config: BridgeConfig, request: web.Request) -> str:
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
 
 
-async def close(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, reason: str) -> None:
-    with contextlib.suppress(Exception):
-        await ws.close(code=code, message=reason.encode()[:120])  # a close reason has at most 123 bytes
+async def close(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, reason: str, transport=None
+) -> None:
+    """Close within CLOSE_TIMEOUT_S: a peer that stops reading (or never answers the close) cannot
+    hold the handler; past the bound the connection is aborted."""
+    message = reason.encode()[:120]  # a close reason has at most 123 bytes
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        if transport is not None:
+            transport.abort()
+    except Exception:  # the peer is already gone: nothing left to tell it
+        pass
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -111,11 +128,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
         m.sessions.labels("unauthorized").inc()
         raise web.HTTPUnauthorized(text="a valid token is required: header 'Authorization: Bearer T' or ?token=T\n")
 
-    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR, autoping=True)
+    # autoclose off: the bridge answers a client's close itself, after freeing the slot, so a
+    # caller whose close handshake has finished can always connect again at once.
+    ws = web.WebSocketResponse(
+        max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR, autoping=True, autoclose=False
+    )
     await ws.prepare(request)
     if state.active >= config.max_sessions:
         m.sessions.labels("busy").inc()
-        await close(ws, CLOSE_BUSY, f"busy: {state.active} of {config.max_sessions} sessions in use; try again later")
+        busy = f"busy: {state.active} of {config.max_sessions} sessions in use; try again later"
+        await close(ws, CLOSE_BUSY, busy, request.transport)
         return ws
 
     state.active += 1
@@ -124,10 +146,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.time()
     peer = request.remote or ""
     state.events.emit({"event": "session_start", "session_id": session_id, "at": started, "peer": peer})
-    outcome, code, reason = "relayed", 1000, ""
+    outcome, code, reason, upstream = "relayed", 1000, "client closed", None
     try:
-        outcome, code, reason = await relay(ws, request, config, state)
+        upstream = await connect_upstream(request, config, state)
+        outcome, code, reason = await relay(ws, upstream, config, m)
+    except UpstreamUnreachable as exc:
+        outcome, code, reason = "upstream_error", CLOSE_UPSTREAM, str(exc)
     finally:
+        # The slot is free the moment either side is gone, before any close handshake: a caller
+        # who reconnects right after hanging up (a page reload) must not be told "busy".
         state.active -= 1
         m.sessions_active.dec()
         m.sessions.labels(outcome).inc()
@@ -145,47 +172,51 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "reason": reason,
             }
         )
+        # Always end the upstream session too (moshi.server serves one at a time), in the
+        # background; the client's close is bounded, so the handler ends within CLOSE_TIMEOUT_S.
+        if upstream is not None:
+            state.spawn(close(upstream, 1000, "client gone" if outcome == "relayed" else reason))
+        await close(ws, code, reason, request.transport)
     return ws
 
 
-async def relay(ws: web.WebSocketResponse, request: web.Request, config: BridgeConfig, state: BridgeState):
-    """Relay until one side ends; returns (outcome, close code, reason) as the client saw them."""
-    m = state.metrics
+class UpstreamUnreachable(Exception):
+    pass
+
+
+async def connect_upstream(request: web.Request, config: BridgeConfig, state: BridgeState):
     t0 = time.perf_counter()
     try:
         upstream = await state.client.ws_connect(
             upstream_url(config, request),
             ssl=state.upstream_ssl,
             max_msg_size=UPSTREAM_MAX_MESSAGE,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
             autoping=True,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        reason = f"upstream unreachable: {type(exc).__name__}: {exc}"
-        await close(ws, CLOSE_UPSTREAM, reason)
-        return "upstream_error", CLOSE_UPSTREAM, reason
-    m.connect.observe(time.perf_counter() - t0)
+        raise UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+    state.metrics.connect.observe(time.perf_counter() - t0)
+    return upstream
 
+
+async def relay(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics):
+    """Relay until one side ends; returns (outcome, close code, reason) as the client saw them."""
     last_seen = [time.monotonic()]  # when the client last sent a message
     tasks = {
         asyncio.create_task(pump_from_client(ws, upstream, config, m, last_seen)),
         asyncio.create_task(pump_from_upstream(upstream, ws, m)),
         asyncio.create_task(idle_watch(last_seen, config.idle_timeout_s)),
     }
-    outcome, code, reason = "relayed", 1000, "client closed"
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        outcome, code, reason = done.pop().result()
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return done.pop().result()
     except (ConnectionError, aiohttp.ClientError) as exc:  # a side vanished mid-send
-        outcome, code, reason = "connection_lost", WSCloseCode.GOING_AWAY, f"connection lost: {type(exc).__name__}"
+        return "connection_lost", WSCloseCode.GOING_AWAY, f"connection lost: {type(exc).__name__}"
     finally:
-        # Always end the upstream session too: moshi.server serves one at a time.
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close(upstream, 1000, "client gone" if outcome == "relayed" else reason)
-        await close(ws, code, reason)
-    return outcome, code, reason
 
 
 async def idle_watch(last_seen: list[float], idle_s: float):
@@ -296,6 +327,7 @@ def make_app(config: BridgeConfig) -> web.Application:
         state.client = aiohttp.ClientSession()
         await state.events.start()
         yield
+        await asyncio.gather(*state.background, return_exceptions=True)
         await state.events.stop()
         await state.client.close()
 
