@@ -14,7 +14,6 @@ description:
     Python headers that inductor needs at Moshi's first frame.
   - Derives C(recommended_moshi_mode), C(compile+graphs), C(graphs) (CUDA graphs need only
     CUDA, not Triton) or C(cpu), with the reason.
-  - A missing piece is a fact, never a failure.
 options:
   python:
     description: Interpreter whose torch, Triton and Python headers are probed (the one that runs Moshi).
@@ -44,6 +43,17 @@ options:
     description: Path whose file system's free space is reported (where the weights go).
     type: path
     default: /
+attributes:
+  check_mode:
+    support: full
+    details: It only reads, in check mode too.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+notes:
+  - A missing piece (no GPU, no Triton, no compiler) is a fact, never a failure.
+  - Under WSL2 C(lspci) shows no GPU; nvidia-smi is looked for in O(wsl_lib_dir) too.
 author: myca-ops
 """
 
@@ -59,14 +69,42 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ansible_facts:
-  description: C(gpu_facts), a dict with is_wsl2, is_wsl1, wsl_gpu_device, wsl_distro_name, kernel,
-    nvidia_smi, nvidia_smi_error, gpus (name, memory_total_mib, memory_free_mib, driver_version),
-    gpu_count, driver_version, triton_libcuda_path, c_compiler, python, python_found,
-    python_include, python_headers, torch_version, torch_cuda_available, torch_cuda_version,
-    torch_devices, triton_version, triton_compiles, triton_error, probe_error, disk_path,
-    disk_free_gb, recommended_moshi_mode, recommended_moshi_mode_reason.
+  description: Facts added to the host.
   returned: always
-  type: dict
+  type: complex
+  contains:
+    gpu_facts:
+      description: What the host has for Moshi, and the mode it supports.
+      returned: always
+      type: dict
+      contains:
+        is_wsl2: {description: The kernel is WSL2's., type: bool, sample: false}
+        is_wsl1: {description: The kernel is WSL1's (no GPU access)., type: bool, sample: false}
+        wsl_gpu_device: {description: WSL2's GPU device (O(dxg_path)) exists., type: bool, sample: false}
+        gpu_count: {description: NVIDIA GPUs nvidia-smi lists., type: int, sample: 1}
+        gpus:
+          description: Each GPU.
+          type: list
+          elements: dict
+          sample: [{name: NVIDIA L4, memory_total_mib: 23034, memory_free_mib: 22700, driver_version: "550.54"}]
+        driver_version: {description: The NVIDIA driver, null without one., type: str, sample: "550.54"}
+        nvidia_smi: {description: Path of nvidia-smi, null when absent., type: str, sample: /usr/bin/nvidia-smi}
+        nvidia_smi_error: {description: What nvidia-smi said when it failed., type: str, sample: null}
+        triton_libcuda_path: {description: "WSL2: the folder with the Windows driver's libcuda, for Triton.", type: str, sample: null}
+        c_compiler: {description: The C compiler inductor would use, null when none., type: str, sample: /usr/bin/cc}
+        python: {description: The interpreter probed., type: str, sample: /opt/moshi/venv/bin/python}
+        python_headers: {description: Python.h of that interpreter is installed., type: bool, sample: true}
+        torch_version: {description: torch in that interpreter, null when not importable., type: str, sample: 2.9.1+cu128}
+        torch_cuda_available: {description: torch sees a CUDA device., type: bool, sample: true}
+        triton_version: {description: Triton in that interpreter., type: str, sample: 3.5.1}
+        triton_compiles: {description: Triton compiled a tiny kernel through torch.compile., type: bool, sample: true}
+        probe_error: {description: Why the torch probe failed, null when it did not., type: str, sample: null}
+        disk_free_gb: {description: Free GiB on the file system of O(disk_path)., type: float, sample: 120.5}
+        recommended_moshi_mode:
+          description: V(compile+graphs), V(graphs) (CUDA graphs need no Triton) or V(cpu).
+          type: str
+          sample: compile+graphs
+        recommended_moshi_mode_reason: {description: Why that mode., type: str, sample: "Triton compiles a kernel on cuda:0"}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -8,27 +8,73 @@ DOCUMENTATION = r"""
 module: moshi_step_latency
 short_description: Measure Moshi's per-frame step latency against the 80 ms frame budget
 description:
-  - Loads the service's model (same weights, config, dtype, device, from its environment file)
-    in the service's venv, warms up, then times frames of mimi.encode, lm_gen.step and
-    mimi.decode per stage (CUDA events on a GPU). Returns p50/p95/p99/max per stage, the
-    real-time factor (p99 / 80 ms) and a verdict with its cause.
-  - C(mode=compare) also measures eager (the slow mode), graphs only and graphs+compile, each in
-    its own process. C(source=service_log) reads the service's own frame times from its journal
-    instead, with no model load.
-  - Checks free GPU memory before loading and never touches the running service unless
-    I(stop_service) is set, in which case it is stopped for the measurement and started again.
+  - Loads the service's model (same weights, config, dtype and device, read from its environment
+    file) in the service's venv, warms up, then times frames of C(mimi.encode), C(lm_gen.step) and
+    C(mimi.decode) per stage (CUDA events on a GPU).
+  - Returns p50, p95, p99 and max per stage, the real-time factor (p99 / 80 ms) and a verdict
+    with its cause.
+  - With O(mode=compare) it also measures eager (the slow mode), graphs only and graphs with
+    torch.compile, each in its own process.
+  - With O(source=service_log) it reads the service's own frame times from its journal instead,
+    with no model load.
 options:
-  python: {description: The moshi venv's interpreter (myca_ops installed)., type: path, default: /opt/moshi/venv/bin/python}
-  env_file: {description: The service's environment file., type: path, default: /etc/moshi/moshi.env}
-  source: {description: Measure a model load, or read the service log., type: str, choices: [measure, service_log], default: measure}
-  mode: {description: The service's own mode, or all three modes., type: str, choices: [service, compare], default: service}
-  frames: {description: Frames timed after the warm-up., type: int, default: 100}
-  warmup: {description: Frames run before timing., type: int, default: 10}
-  since: {description: "Journal window for source=service_log, in journalctl's --since syntax.", type: str, default: "-15min"}
-  unit: {description: The service's systemd unit., type: str, default: moshi}
-  stop_service: {description: Stop the unit during the measurement (frees the GPU) and start it again., type: bool, default: false}
-  require_realtime: {description: Fail when the verdict is not real-time., type: bool, default: false}
-  timeout: {description: Seconds the whole measurement may take., type: int, default: 3600}
+  python:
+    description: The Moshi venv's interpreter (myca_ops installed in it).
+    type: path
+    default: /opt/moshi/venv/bin/python
+  env_file:
+    description: The service's environment file (the moshi role writes it).
+    type: path
+    default: /etc/moshi/moshi.env
+  source:
+    description: Measure a model load (V(measure)), or read the service log (V(service_log)).
+    type: str
+    choices: [measure, service_log]
+    default: measure
+  mode:
+    description: The service's own mode (V(service)), or all three modes (V(compare)).
+    type: str
+    choices: [service, compare]
+    default: service
+  frames:
+    description: Frames timed after the warm-up.
+    type: int
+    default: 100
+  warmup:
+    description: Frames run before timing.
+    type: int
+    default: 10
+  since:
+    description: Journal window for O(source=service_log), in journalctl's C(--since) syntax.
+    type: str
+    default: "-15min"
+  unit:
+    description: The service's systemd unit.
+    type: str
+    default: moshi
+  stop_service:
+    description: Stop the unit during the measurement (frees the GPU) and start it again.
+    type: bool
+    default: false
+  require_realtime:
+    description: Fail when the verdict is not real-time.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds the whole measurement may take.
+    type: int
+    default: 3600
+attributes:
+  check_mode:
+    support: partial
+    details: Measures in check mode (a read); with O(stop_service=true) it only says it would stop the unit.
+  diff_mode:
+    support: none
+notes:
+  - Free GPU memory is checked before loading; the running service is never touched unless
+    O(stop_service=true).
+  - On CPU the honest verdict is "not real-time" for the full model; a verdict always comes from
+    the measurement of the deployed model, never from whether a GPU is present.
 author: myca-ops
 """
 
@@ -45,15 +91,77 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-realtime: {description: Whether the p99 frame fits the 80 ms budget., returned: success, type: bool}
-cause: {description: Why, with the figures; names what to change when not real-time., returned: success, type: str}
-mode: {description: The mode measured first (the service's)., returned: success, type: str}
-mode_reason: {description: Why the service runs in that mode., returned: success, type: str}
+realtime:
+  description: Whether the p99 frame of the first measured mode fits the 80 ms budget.
+  returned: success
+  type: bool
+  sample: false
+cause:
+  description: Why, with the figures; names what to change when not real-time.
+  returned: success
+  type: str
+  sample: "no CUDA device: p99 241.0 ms per frame against a 80 ms budget on CPU"
+mode:
+  description: The mode measured first (the service's).
+  returned: success
+  type: str
+  sample: graphs
+mode_reason:
+  description: Why the service runs in that mode.
+  returned: success
+  type: str
+  sample: "Triton cannot compile (no C compiler): CUDA graphs need no Triton"
+budget_ms:
+  description: The frame budget, 80 ms (12.5 frames per second).
+  returned: success
+  type: float
+  sample: 80.0
 results:
-  description: Per mode, stages (encode, lm_step, decode, total) with count/p50/p95/p99/max in ms,
-    realtime_factor, gpu_name, torch_version, triton_version, load_s, realtime and cause.
+  description: One entry per measured mode, the service's first.
   returned: success
   type: list
+  elements: dict
+  contains:
+    mode:
+      description: The mode (V(cpu), V(eager), V(graphs) or V(compile+graphs)).
+      type: str
+      sample: cpu
+    device:
+      description: The torch device measured on.
+      type: str
+      sample: cuda
+    load_s:
+      description: Seconds the model took to load.
+      type: float
+      sample: 12.4
+    stages:
+      description: Per stage (encode, lm_step, decode, total), count, p50, p95, p99 and max in ms.
+      type: dict
+      sample: {total: {count: 100, p50: 31.2, p95: 33.0, p99: 35.1, max: 40.2}}
+    realtime_factor:
+      description: p99 of the total over the 80 ms budget (under 1 keeps up).
+      type: float
+      sample: 0.44
+    gpu_name:
+      description: The GPU's name, null on CPU.
+      type: str
+      sample: NVIDIA H100 80GB HBM3
+    torch_version:
+      description: torch in the venv.
+      type: str
+      sample: 2.9.1+cu128
+    triton_version:
+      description: Triton in the venv, null without it.
+      type: str
+      sample: 3.5.1
+    realtime:
+      description: Whether this mode keeps up.
+      type: bool
+      sample: true
+    cause:
+      description: This mode's verdict with its figures.
+      type: str
+      sample: "p99 35.1 ms per frame fits the 80 ms budget"
 """
 
 from ansible.module_utils.basic import AnsibleModule

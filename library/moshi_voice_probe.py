@@ -6,23 +6,52 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: moshi_voice_probe
-short_description: A real voice round trip through Moshi's websocket, timed like a listener hears it
+short_description: A real voice round trip through Moshi's websocket, timed as a listener hears it
 description:
-  - Connects to ws(s)://host:port/api/chat, times the handshake byte, streams speech-like audio
-    in real time as Opus (24 kHz, 20 ms frames), records every audio and text message, decodes
-    the audio, and reports time to first audio, audio received against wall time, inter-arrival
-    gaps and underruns of the web client's 48 kHz playback buffer (1920 samples), with a verdict.
-  - Runs in a venv with myca_ops, aiohttp, sphn and numpy (the moshi venv has them).
-  - In check mode only the handshake is made.
+  - Connects to the chat endpoint (C(ws://) or C(wss://), path C(/api/chat)), times the handshake byte, streams speech-like
+    audio in real time as Opus (24 kHz, 20 ms frames), records every audio and text message and
+    decodes the audio.
+  - Reports the time to first audio, the audio received against wall time, the inter-arrival gaps
+    and the underruns of the web client's 48 kHz playback buffer (1920 samples), with a verdict.
 options:
-  python: {description: Interpreter of a venv with myca_ops and sphn., type: path, default: /opt/moshi/venv/bin/python}
-  url: {description: "The chat endpoint, ws:// or wss://.", type: str, default: "ws://127.0.0.1:8998/api/chat"}
-  seconds: {description: Seconds of audio to stream., type: float, default: 10}
-  cafile: {description: CA bundle to verify a wss:// server with., type: path}
-  token: {description: "Bearer token for a bridge with token auth (sent as a header, kept out of argv).", type: str}
-  validate_certs: {description: Verify the TLS certificate (false for a self-signed lab certificate)., type: bool, default: true}
-  require_realtime: {description: Fail when the verdict is not real-time., type: bool, default: false}
-  timeout: {description: Seconds the probe may take., type: int, default: 120}
+  python:
+    description: Interpreter of a venv with myca_ops, aiohttp, sphn and numpy (Moshi's venv has them).
+    type: path
+    default: /opt/moshi/venv/bin/python
+  url:
+    description: The chat endpoint, C(ws://) or C(wss://).
+    type: str
+    default: ws://127.0.0.1:8998/api/chat
+  seconds:
+    description: Seconds of audio to stream.
+    type: float
+    default: 10
+  cafile:
+    description: CA bundle to verify a C(wss://) server with.
+    type: path
+  token:
+    description: Bearer token for a bridge with token auth (sent as a header, kept out of argv).
+    type: str
+  validate_certs:
+    description: Verify the TLS certificate (false for a self-signed lab certificate).
+    type: bool
+    default: true
+  require_realtime:
+    description: Fail when the verdict is not real-time.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds the probe may take.
+    type: int
+    default: 120
+attributes:
+  check_mode:
+    support: partial
+    details: In check mode only the handshake is made; RV(realtime) is null.
+  diff_mode:
+    support: none
+notes:
+  - Moshi serves one session at a time; a probe against a busy server waits for the handshake.
 author: myca-ops
 """
 
@@ -35,12 +64,51 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-realtime: {description: "Audio kept up: no underrun, received at least 0.95x real time (null in check mode).", returned: success, type: bool}
-cause: {description: Why, with the figures., returned: success, type: str}
-handshake_ms: {description: Time to the 0x00 handshake byte., returned: success, type: float}
-first_audio_ms: {description: Time from the first audio sent to the first audio received., returned: success, type: float}
-underruns: {description: Times the web client's playback buffer would have run dry., returned: success, type: int}
-gap_ms: {description: Inter-arrival gaps of audio messages, count/p50/p95/p99/max., returned: success, type: dict}
+realtime:
+  description: Audio kept up (no underrun, at least 0.95x real time); null in check mode.
+  returned: success
+  type: bool
+  sample: true
+cause:
+  description: Why, with the figures.
+  returned: success
+  type: str
+  sample: "3.92s of audio in 4.01s, no underrun, first audio after 218 ms"
+url:
+  description: The endpoint probed.
+  returned: success
+  type: str
+  sample: ws://127.0.0.1:8998/api/chat
+handshake_ms:
+  description: Time to the 0x00 handshake byte.
+  returned: success
+  type: float
+  sample: 4.2
+first_audio_ms:
+  description: Time from the first audio sent to the first audio received.
+  returned: success
+  type: float
+  sample: 218.0
+underruns:
+  description: Times the web client's playback buffer would have run dry.
+  returned: success
+  type: int
+  sample: 0
+audio_messages:
+  description: Audio messages received.
+  returned: success
+  type: int
+  sample: 49
+gap_ms:
+  description: Inter-arrival gaps of the audio messages.
+  returned: success
+  type: dict
+  contains:
+    count: {description: Gaps measured., type: int, sample: 48}
+    p50: {description: Median gap in ms., type: float, sample: 80.1}
+    p95: {description: 95th percentile in ms., type: float, sample: 84.0}
+    p99: {description: 99th percentile in ms., type: float, sample: 90.2}
+    max: {description: Longest gap in ms., type: float, sample: 95.0}
 """
 
 from ansible.module_utils.basic import AnsibleModule

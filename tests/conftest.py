@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from myca_ops.lab.postgres import PostgresCluster, PostgresError
 from myca_ops.lab.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,11 +14,29 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "module_utils"))
 
 
+# Tests that need the lab tier: generated weights and moshi (torch), PostgreSQL, Docker.
+# A test using one of these fixtures is marked `lab` by itself; others carry the mark.
+LAB_FIXTURES = {"lab_weights", "moshi_server", "postgres", "mas_db", "lab_hosts"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
 def ansible_env(**extra: str) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+def module_doc(module: str) -> dict:
+    """A module's documentation as ansible-doc renders it: {doc, examples, return, metadata}."""
+    cmd = [str(BIN / "ansible-doc"), "-M", str(ROOT / "library"), "--json", module]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), check=True)
+    return json.loads(out.stdout)[module]
 
 
 @pytest.fixture
@@ -75,72 +94,16 @@ def moshi_server(lab_weights, tmp_path_factory):
         server.wait(10)
 
 
-class PostgresCluster:
-    """A private PostgreSQL cluster (the distribution's binaries), scram-sha-256 over TCP."""
-
-    user, password = "myca", "test-only-password"
-
-    def __init__(self, root: Path) -> None:
-        import glob
-        import pwd
-
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not bins:
-            pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
-        self.bin = Path(bins[-1]).parent
-        self.data = root / "data"
-        self.port = free_port()
-        # initdb refuses to run as root: run the cluster as the package's postgres user.
-        self.run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        root.chmod(0o777)
-        pwfile = root / "pw"
-        pwfile.write_text(self.password)
-        if os.geteuid() == 0:
-            os.chown(root, pwd.getpwnam("postgres").pw_uid, -1)
-        self._pg("initdb", "-D", self.data, "-U", self.user, "--pwfile", pwfile, "--auth=scram-sha-256")
-        self.start()
-
-    def _pg(self, tool: str, *args) -> None:
-        out = subprocess.run([*self.run_as, self.bin / tool, *map(str, args)], capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"{tool} failed: {out.stderr or out.stdout}")
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        self._pg("pg_ctl", "-D", self.data, "-o", opts, "-l", self.data / "log", "-w", "start")
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def dsn(self, db: str = "postgres") -> str:
-        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
-
-    def create_database(self, name: str) -> str:
-        import asyncio
-
-        import asyncpg
-
-        from myca_ops.mas.schema import migrate
-
-        async def create():
-            conn = await asyncpg.connect(self.dsn())
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            await conn.close()
-            conn = await asyncpg.connect(self.dsn(name))
-            await migrate(conn)
-            await conn.close()
-
-        asyncio.run(create())
-        return self.dsn(name)
-
-
 @pytest.fixture(scope="session")
 def postgres():
     import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="myca-pg-"))  # not under pytest's root-only folder: postgres must reach it
-    cluster = PostgresCluster(root)
+    try:
+        cluster = PostgresCluster(root)
+    except PostgresError as exc:
+        pytest.fail(str(exc))
     yield cluster
     cluster.stop()
     shutil.rmtree(root, ignore_errors=True)

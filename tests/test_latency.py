@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from conftest import module_doc
+from myca_ops.envfile import read_env_file
 from myca_ops.voice import latency
 
 SERVICE_LOG = (
@@ -41,7 +43,7 @@ def test_verdict_follows_the_measurement(p99, device, mode, reason, realtime, ca
 def test_env_file_is_read_like_systemd(tmp_path):
     env = tmp_path / "moshi.env"
     env.write_text('# comment\nMYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_RECOMMENDED_REASON="torch 2.13 sees no CUDA device"\n')
-    assert latency.read_env_file(env) == {
+    assert read_env_file(env) == {
         "MYCA_MOSHI_DEVICE": "cpu",
         "MYCA_MOSHI_RECOMMENDED_REASON": "torch 2.13 sees no CUDA device",
     }
@@ -58,6 +60,9 @@ def test_step_latency_module_measures_the_lab_checkpoint(run_module, lab_weights
     assert total["count"] == 4 and result["mode"] == "cpu"
     assert result["realtime"] is (total["p99"] <= 80.0)  # the verdict follows the figure
     assert set(result["results"][0]["stages"]) == {"encode", "lm_step", "decode", "total"}
+    returns = module_doc("moshi_step_latency")["return"]
+    assert set(returns) <= set(result), "a documented return value is missing"
+    assert set(returns["results"]["contains"]) <= set(result["results"][0])
 
 
 def test_step_latency_module_rejects_bad_arguments(run_module):
@@ -89,9 +94,16 @@ def test_voice_probe_module_streams_voice(run_module, moshi_server):
     result = run_module("moshi_voice_probe", {"python": sys.executable, "url": url, "seconds": 2})
     assert result["audio_messages"] > 0
     assert isinstance(result["realtime"], bool) and result["cause"]
+    returns = module_doc("moshi_voice_probe")["return"]
+    assert set(returns) <= set(result), "a documented return value is missing"
+    assert set(returns["gap_ms"]["contains"]) == set(result["gap_ms"])
 
 
 def test_voice_probe_module_rejects_bad_arguments(run_module):
     assert "must start with ws:// or wss://" in run_module("moshi_voice_probe", {"url": "http://x/api/chat"})["msg"]
+
+
+@pytest.mark.lab  # the probe runs in a venv with the Opus codec (sphn)
+def test_voice_probe_module_names_an_unreachable_server(run_module):
     result = run_module("moshi_voice_probe", {"python": sys.executable, "url": "ws://127.0.0.1:9/api/chat"})
     assert result["failed"] and "cannot talk to ws://127.0.0.1:9/api/chat" in result["msg"]

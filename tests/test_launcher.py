@@ -102,6 +102,7 @@ def test_generated_checkpoint_loads_with_moshis_loaders(lab_weights):
     assert sum(p.numel() for p in mimi.parameters()) > 79_000_000
 
 
+@pytest.mark.lab  # generates weights with torch
 def test_generation_is_deterministic_for_a_seed(tmp_path):
     from myca_ops.lab import weights
 
@@ -125,6 +126,7 @@ def test_launcher_serves_real_moshi_on_cpu(moshi_server):
     assert "frame handled in" in text
 
 
+@pytest.mark.lab  # huggingface_hub, from the lab's wheelhouse
 def test_fetch_without_the_hub_says_what_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub is reachable here anyway: fail fast
     with pytest.raises(ValueError, match="download of kyutai/moshiko-pytorch-bf16@main failed .*re-run the role"):

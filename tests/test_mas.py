@@ -244,10 +244,14 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def post(url: str, body: dict) -> int:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+EVENTS_TOKEN = "e" * 32
+
+
+def post(url: str, body, token: str = EVENTS_TOKEN) -> int:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -255,21 +259,104 @@ def post(url: str, body: dict) -> int:
 
 def serve(tmp_path, dsn: str, **extra):
     port = free_port()
-    env = dict(os.environ, MYCA_MAS_DSN=dsn, MYCA_MAS_HOST="127.0.0.1", MYCA_MAS_PORT=str(port), **extra)
+    env = dict(os.environ, MYCA_MAS_DSN=dsn, MYCA_MAS_HOST="127.0.0.1", MYCA_MAS_PORT=str(port))
+    env.update(MYCA_MAS_EVENTS_TOKEN=EVENTS_TOKEN, **extra)
     return port, process([sys.executable, "-m", "myca_ops.mas", "serve"], port, tmp_path / "mas.log", env)
 
 
 def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
     port, server = serve(tmp_path, mas_db)
+    events = f"http://127.0.0.1:{port}/api/myca/events"
     event = {"event": "session_end", "session_id": uuid.uuid4().hex, "at": time.time(), "outcome": "relayed"}
+    forged = {**event, "session_id": uuid.uuid4().hex}
     with server:
         code, body = get(f"http://127.0.0.1:{port}/api/myca/status")
-        stored = [post(f"http://127.0.0.1:{port}/api/myca/events", event) for _ in range(2)]
-        bad = post(f"http://127.0.0.1:{port}/api/myca/events", {"event": "x"})
+        stored = [post(events, event) for _ in range(2)]
+        refused = {
+            "no token": post(events, forged, token=""),
+            "wrong token": post(events, forged, token="x" * 32),
+            "unknown kind": post(events, {**forged, "event": "x"}),
+            "extra key": post(events, {**forged, "admin": True}),
+            "400-digit at": post(
+                events, json.dumps({**forged, "at": 0}).replace('"at": 0', '"at": ' + "9" * 400).encode()
+            ),
+            "8 MiB": declared_only(port, "/api/myca/events", 8 * 2**20),
+        }
     assert code == 200 and body["status"] == "ok" and body["version"]
-    assert stored == [200, 200] and bad == 400
+    assert stored == [200, 200]
+    assert refused == {
+        "no token": 401,
+        "wrong token": 401,
+        "unknown kind": 400,
+        "extra key": 400,
+        "400-digit at": 400,
+        "8 MiB": 413,
+    }
     rows = asyncio.run(fetch(mas_db, "SELECT body FROM bridge_events"))
     assert len(rows) == 1 and json.loads(rows[0]["body"])["outcome"] == "relayed"
+
+
+def declared_only(port: int, path: str, length: int) -> int:
+    """POST headers declaring `length` bytes, send none of them, and read the status the server answers."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {EVENTS_TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        return int(sock.recv(100).split()[1])
+
+
+def random_json(rng, depth: int = 0):
+    """Any JSON a hostile or broken peer might send, biased towards the event's own keys."""
+    atoms = [None, True, 0, -1, 2**70, 1e308, float("nan"), float("inf"), "", "x" * rng.randint(1, 300), "\u0000"]
+    roll = rng.random()
+    if depth < 3 and roll < 0.35:
+        keys = ["event", "session_id", "at", "ok", "sessions", "handshake_ms", "error", "outcome", "close_code", "z"]
+        return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 6))}
+    if depth < 3 and roll < 0.5:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if roll < 0.6:
+        return rng.choice(["session_start", "session_end", uuid.uuid4().hex, time.time()])
+    return rng.choice(atoms)
+
+
+def test_no_input_gives_a_500_on_any_route(tmp_path, mas_db):
+    """300 random documents from a fake client to the events route, and from a fake bridge's /healthz."""
+    import random
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    rng = random.Random(11)
+    health_bodies = [json.dumps(random_json(rng)).encode() for _ in range(300)]
+
+    class FakeBridge(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = health_bodies[rng.randrange(len(health_bodies))]
+            self.send_response(rng.choice([200, 503]))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeBridge)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    bridge_url = f"http://127.0.0.1:{fake.server_address[1]}"
+    port, server = serve(tmp_path, mas_db, MYCA_MAS_BRIDGE_URL=bridge_url, MYCA_MAS_STATUS_TTL_S="0.001")
+    answers = {"events": {}, "status": {}}
+    with server:
+        for _ in range(300):
+            code = post(f"http://127.0.0.1:{port}/api/myca/events", json.dumps(random_json(rng)).encode())
+            answers["events"][code] = answers["events"].get(code, 0) + 1
+            code, body = get(f"http://127.0.0.1:{port}/api/myca/status")
+            key = (code, body["status"])
+            answers["status"][key] = answers["status"].get(key, 0) + 1
+    fake.shutdown()
+    assert set(answers["events"]) <= {200, 400}, answers
+    assert set(answers["status"]) <= {(200, "degraded"), (200, "ok")}, answers  # the database is fine throughout
 
 
 def test_the_status_router_mounts_into_the_operators_app(tmp_path, mas_db):

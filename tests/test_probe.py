@@ -76,6 +76,7 @@ def test_verdicts():
     assert not ok and "refused" in cause
 
 
+@pytest.mark.lab  # numpy, from the lab's wheelhouse
 def test_speech_like_audio_is_24k_with_pauses():
     audio = probe.speech_like(2.0)
     assert audio.shape == (48000,) and audio.dtype.name == "float32"

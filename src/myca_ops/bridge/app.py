@@ -52,7 +52,9 @@ class Metrics:
         self.bytes = Counter("myca_bridge_bytes", "Bytes relayed", ["direction"], registry=r)
         self.messages = Counter("myca_bridge_messages", "Messages relayed", ["direction", "kind"], registry=r)
         self.dropped = Counter("myca_bridge_dropped_messages", "Client messages dropped", ["reason"], registry=r)
-        self.events_dropped = Counter("myca_bridge_events_dropped", "Session events dropped (queue full)", registry=r)
+        self.events_dropped = Counter(
+            "myca_bridge_events_dropped", "Session events dropped, by reason", ["reason"], registry=r
+        )
         self.connect = Histogram(
             "myca_bridge_upstream_connect_seconds",
             "Time to open the upstream websocket",
@@ -78,7 +80,12 @@ class BridgeState:
         self.metrics = Metrics()
         self.active = 0
         self.client: aiohttp.ClientSession | None = None
-        self.events = EventSink(config.mas_url, config.event_queue_size, self.metrics.events_dropped.inc)
+        self.events = EventSink(
+            config.mas_url,
+            config.event_queue_size,
+            lambda reason: self.metrics.events_dropped.labels(reason).inc(),
+            token=config.mas_token,
+        )
         self.health: tuple[float, int, dict] | None = None
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
         self.background: set[asyncio.Task] = set()

@@ -25,6 +25,7 @@ class BridgeConfig:
     max_message_bytes: int = 65536
     connect_timeout_s: float = 10.0
     mas_url: str = ""  # where session events are POSTed; empty: none
+    mas_token: str = ""  # the MAS's events token (mas_events_token), sent as a bearer token
     event_queue_size: int = 1000
     tls_cert: str = ""
     tls_key: str = ""

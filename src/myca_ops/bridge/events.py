@@ -1,7 +1,10 @@
 """Session events to the MAS: a bounded queue drained by one task, so audio never waits.
 
-Events are POSTed as JSON, one at a time and in order; a failed POST is retried with
-backoff.  When the queue is full the oldest event is dropped and counted, never the audio.
+Events are POSTed as JSON, one at a time and in order, with the MAS's events token.  A 4xx
+answer is permanent (the MAS refuses that event: it is dropped, counted and logged once per
+status); a 5xx or a network error is retried with jittered backoff, but only while the queue
+has room: when it fills up, the event being retried is dropped (counted) so that one event
+never holds up the others beyond the queue's bound.  A full queue drops its oldest event.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 
 import aiohttp
 
@@ -16,19 +20,23 @@ log = logging.getLogger("myca_ops.bridge")
 
 
 class EventSink:
-    def __init__(self, url: str, maxsize: int = 1000, on_drop=None, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, maxsize: int = 1000, on_drop=None, max_backoff_s: float = 30.0, token: str = ""
+    ) -> None:
         self.url = url
         self.queue: asyncio.Queue[dict] = asyncio.Queue(maxsize)
-        self.on_drop = on_drop or (lambda: None)
+        self.on_drop = on_drop or (lambda reason: None)
         self.max_backoff_s = max_backoff_s
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._task: asyncio.Task | None = None
+        self._refusals_logged: set[int] = set()
 
     def emit(self, event: dict) -> None:
         if not self.url:
             return
         if self.queue.full():
             self.queue.get_nowait()
-            self.on_drop()
+            self.on_drop("queue_full")
         self.queue.put_nowait(event)
 
     async def start(self) -> None:
@@ -43,18 +51,40 @@ class EventSink:
 
     async def _drain(self) -> None:
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
             while True:
-                event = await self.queue.get()
-                backoff = 0.5
-                while True:
-                    try:
-                        async with session.post(self.url, json=event) as resp:
-                            if resp.status < 300:
-                                break
-                            problem = f"HTTP {resp.status}"
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                        problem = f"{type(exc).__name__}: {exc}"
-                    log.warning("session event to %s failed (%s); retrying in %.1f s", self.url, problem, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
+                await self._send(session, await self.queue.get())
+
+    async def _send(self, session: aiohttp.ClientSession, event: dict) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with session.post(self.url, json=event) as resp:
+                    if resp.status < 300:
+                        return
+                    if resp.status < 500:
+                        self._refused(resp.status, await resp.text())
+                        return
+                    problem = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if self.queue.full():
+                self.on_drop("retries_over_queue_bound")
+                log.warning("session event to %s dropped (%s): the queue is full behind it", self.url, problem)
+                return
+            delay = backoff * random.uniform(0.5, 1.5)  # jitter: bridges restarted together do not retry in step
+            log.warning("session event to %s failed (%s); retrying in %.1f s", self.url, problem, delay)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _refused(self, status: int, body: str) -> None:
+        self.on_drop(f"refused_{status}")
+        if status not in self._refusals_logged:  # once per status: a misconfiguration would flood the log
+            self._refusals_logged.add(status)
+            log.error(
+                "the MAS at %s refused a session event with HTTP %s (%s); such events are dropped and counted "
+                "(check mas_events_token and the bridge's version)",
+                self.url,
+                status,
+                body[:200],
+            )

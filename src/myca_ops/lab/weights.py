@@ -36,9 +36,9 @@ WORDS = (
 
 def lm_config(dim: int, layers: int, text_card: int) -> dict:
     """Moshi's 7B LM kwargs with small dims; the codebook layout stays the real one."""
-    from moshi.models import loaders
+    from myca_ops.voice.launcher import moshi_7b_config
 
-    config = dict(loaders._lm_kwargs)
+    config = moshi_7b_config()
     config.update(
         dim=dim,
         num_heads=max(1, dim // 64),

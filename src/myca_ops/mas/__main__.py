@@ -1,6 +1,6 @@
 """myca-mas: the MAS side of myca-ops.
 
-myca-mas migrate [--check]     apply (or list) pending schema migrations
+myca-mas migrate [--check] [--env-file F]   apply (or list) pending schema migrations
 myca-mas serve                 the API on MYCA_MAS_HOST:MYCA_MAS_PORT (systemd's myca-mas)
 myca-mas collector NAME        one collector (systemd's myca-collector@NAME)
 myca-mas import-check          prove asyncpg imports in this interpreter, print its version
@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
+from myca_ops.envfile import read_env_file
 from myca_ops.mas.settings import Settings, SettingsError
 
 
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     mig = sub.add_parser("migrate", help="apply pending schema migrations")
     mig.add_argument("--check", action="store_true", help="list the pending migrations, apply none")
+    mig.add_argument(
+        "--env-file", type=Path, help="read the settings (the DSN) from the service's environment file, not argv"
+    )
     sub.add_parser("serve", help="run the API")
     col = sub.add_parser("collector", help="run one collector")
     col.add_argument("name")
@@ -48,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"asyncpg": asyncpg.__version__, "python": sys.executable}))
         return 0
     try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
+        env = None
+        if getattr(args, "env_file", None):
+            env = {**os.environ, **read_env_file(args.env_file)}
+        settings = Settings.from_env(env)
+    except (SettingsError, OSError) as exc:
         print(f"myca-mas: {exc}", file=sys.stderr)
         return 2
     if args.command == "migrate":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from urllib.parse import urlsplit
 
@@ -25,18 +26,32 @@ async def tcp_reachable(url: str, timeout: float) -> dict:
 
 
 async def bridge_health(base_url: str, timeout: float) -> dict:
-    """The bridge's own /healthz (it knows whether Moshi answers the handshake)."""
+    """The bridge's own /healthz (it knows whether Moshi answers the handshake), read defensively:
+    whatever it answers becomes plain fields (a bool, numbers or None, a short string)."""
     if not base_url:
         return {"ok": None, "error": "not configured"}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
             async with http.get(base_url + "/healthz") as resp:
                 body = await resp.json(content_type=None)
-        return {
-            "ok": bool(body.get("ok")),
-            "sessions": body.get("sessions"),
-            "handshake_ms": body.get("handshake_ms"),
-            "error": body.get("error"),
-        }
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         return {"ok": False, "error": f"{base_url}/healthz: {type(exc).__name__}: {exc}".rstrip(": ")}
+    if not isinstance(body, dict):
+        return {"ok": False, "error": f"{base_url}/healthz answered {type(body).__name__}, not a JSON object"}
+    error = body.get("error")
+    return {
+        "ok": body.get("ok") is True,
+        "sessions": _number(body.get("sessions")),
+        "handshake_ms": _number(body.get("handshake_ms")),
+        "error": None if error is None else str(error)[:300],
+    }
+
+
+def _number(value) -> float | None:
+    """A finite number, else None (JSON from elsewhere may hold NaN, strings or huge integers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return value if math.isfinite(float(value)) else None
+    except OverflowError:
+        return None

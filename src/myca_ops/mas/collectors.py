@@ -23,6 +23,7 @@ import socket
 import subprocess
 import uuid
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import asyncpg
 
@@ -42,7 +43,7 @@ class HostCollector:
 
     def collect(self) -> dict:
         load1, load5, _ = os.getloadavg()
-        meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines() if ":" in line)
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         kib = {k: int(meminfo[k].split()[0]) for k in ("MemTotal", "MemAvailable")}
         disk = shutil.disk_usage("/")
         sample = {

@@ -21,6 +21,7 @@ class Settings:
     bridge_url: str = ""  # http://bridge:8999: its /healthz
     status_ttl_s: float = 2.0
     check_timeout_s: float = 2.0
+    events_token: str = ""  # what the bridge must send to POST events; empty: the route refuses all
 
     @property
     def stale_after_s(self) -> float:
@@ -55,4 +56,5 @@ class Settings:
             bridge_url=env.get("MYCA_MAS_BRIDGE_URL", "").rstrip("/"),
             status_ttl_s=number("MYCA_MAS_STATUS_TTL_S", 2.0),
             check_timeout_s=number("MYCA_MAS_CHECK_TIMEOUT_S", 2.0),
+            events_token=env.get("MYCA_MAS_EVENTS_TOKEN", ""),
         )

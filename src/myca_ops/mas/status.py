@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
+import hmac
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from myca_ops.mas.checks import bridge_health, tcp_reachable
 from myca_ops.mas.settings import Settings
@@ -143,24 +145,68 @@ async def get_status(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
+EVENTS_MAX_BYTES = 16 * 1024
+NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class BridgeEvent(BaseModel):
+    """What the bridge sends (myca_ops.bridge.app): anything else is refused with 400."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    event: Literal["session_start", "session_end"]
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    at: float = Field(ge=946684800, le=4102444800)  # 2000-01-01 to 2100-01-01, epoch seconds
+    peer: str = Field(default="", max_length=64)
+    duration_s: float | None = Field(default=None, ge=0, le=31_536_000)
+    outcome: str | None = Field(default=None, pattern=NAME)
+    close_code: int | None = Field(default=None, ge=1000, le=4999)
+    reason: str | None = Field(default=None, max_length=200)
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is over `limit` bytes (read no further than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def events_authorized(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
 @router.post("/api/myca/events")
 async def post_event(request: Request) -> JSONResponse:
     """Session events from the bridge, stored once per (session_id, event); 503 makes the bridge retry."""
+    stack = stack_of(request.app)
+    if not events_authorized(request, stack.settings.events_token):
+        why = "a valid events token" if stack.settings.events_token else "mas_events_token set on the MAS"
+        return JSONResponse({"error": f"events need {why} (header 'Authorization: Bearer T')"}, 401)
+    raw = await read_limited(request, EVENTS_MAX_BYTES)
+    if raw is None:
+        return JSONResponse({"error": f"an event is at most {EVENTS_MAX_BYTES} bytes"}, 413)
     try:
-        event = await request.json()
-        session_id, kind, at = str(event["session_id"]), str(event["event"]), float(event["at"])
-    except (ValueError, KeyError, TypeError) as exc:
-        return JSONResponse({"error": f"an event needs session_id, event and at (epoch seconds): {describe(exc)}"}, 400)
+        event = BridgeEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse({"error": f"not a bridge event: {problems}"}, 400)
     try:
-        pool = await stack_of(request.app).pool()
+        pool = await stack.pool()
         async with pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO bridge_events (session_id, event, at, body) VALUES ($1, $2, to_timestamp($3), $4::jsonb)"
                 " ON CONFLICT DO NOTHING",
-                session_id,
-                kind,
-                at,
-                json.dumps(event),
+                event.session_id,
+                event.event,
+                event.at,
+                event.model_dump_json(exclude_none=True),
             )
     except Exception as exc:  # noqa: BLE001
         return JSONResponse({"error": f"database: {describe(exc)}"}, 503)

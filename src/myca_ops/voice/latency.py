@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from myca_ops.envfile import read_env_file
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
 from myca_ops.voice.stats import summary
 
@@ -42,17 +43,6 @@ SMALL_LM = {
     "depformer_num_layers": 2,
     "depformer_dim_feedforward": 528,
 }
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """A systemd EnvironmentFile: KEY=value lines, optional double quotes, # comments."""
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            env[key.strip()] = value.strip().strip('"')
-    return env
 
 
 def parse_service_log(text: str) -> list[float]:

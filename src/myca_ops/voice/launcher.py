@@ -160,11 +160,26 @@ def config_or_default(weights: dict[str, Path | None]) -> Path:
     written to a temporary file (else moshi would ask the hub for config.json)."""
     if weights["config"] is not None:
         return weights["config"]
+    fd, name = tempfile.mkstemp(prefix="moshi-config-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(moshi_7b_config(), f)
+    return Path(name)
+
+
+def moshi_7b_config() -> dict:
+    """moshi's own LM kwargs for the 7B model. moshi exposes them only as the private
+    `loaders._lm_kwargs`: this is the one place that reads it."""
     from moshi.models import loaders
 
-    path = Path(tempfile.mkstemp(prefix="moshi-config-", suffix=".json")[1])
-    path.write_text(json.dumps(loaders._lm_kwargs))
-    return path
+    try:
+        return dict(loaders._lm_kwargs)
+    except AttributeError:
+        import moshi
+
+        raise ValueError(
+            f"moshi {getattr(moshi, '__version__', '?')} has no loaders._lm_kwargs (the 7B config): "
+            "give the checkpoint's config.json (moshi_weights.config), or use the pinned moshi_version"
+        ) from None
 
 
 def serve(env: dict[str, str]) -> None:
