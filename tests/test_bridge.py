@@ -378,3 +378,94 @@ def test_the_cli_reports_a_bad_config_file(tmp_path):
         [sys.executable, "-m", "myca_ops.bridge", "serve", "--config", str(path)], capture_output=True, text=True
     )
     assert out.returncode == 2 and f"cannot read the bridge config {path}" in out.stderr
+
+
+def test_metrics_and_health_details_are_for_the_allowed_networks_or_a_token_holder(tmp_path, upstream):
+    def get_with(url, token=""):
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN], metrics_allowed=["192.0.2.0/24"]) as base:
+        anonymous_metrics = get_with(base + "/metrics")
+        token_metrics = get_with(base + "/metrics", TOKEN)
+        anonymous_health = get_with(base + "/healthz")
+        token_health = get_with(base + "/healthz", TOKEN)
+    assert anonymous_metrics[0] == 403 and "bridge_metrics_allowed" in anonymous_metrics[1]
+    assert token_metrics[0] == 200 and "myca_bridge_sessions_active" in token_metrics[1]
+    assert anonymous_health == (200, '{"ok": true}')
+    assert json.loads(token_health[1])["upstream"] == upstream
+
+
+def test_a_client_address_over_its_connection_cap_gets_429(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http:
+            first = await http.ws_connect(chat_url(base))
+            second = await http.ws_connect(chat_url(base))
+            try:
+                await http.ws_connect(chat_url(base))
+                third = 101
+            except aiohttp.WSServerHandshakeError as exc:
+                third = exc.status
+            await first.close()
+            await second.close()
+            return third
+
+    with bridge(tmp_path, upstream=upstream, max_sessions=4, max_connections_per_address=2) as base:
+        assert asyncio.run(scenario(base)) == 429
+
+
+def test_the_access_log_never_holds_a_token(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, f"?voice=1&token={TOKEN}")) as ws:
+            await opening(ws)
+
+    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN]) as base:
+        asyncio.run(scenario(base))
+        http_get(base + f"/healthz?token={TOKEN}")
+    log = next(tmp_path.glob("bridge-*.log")).read_text()
+    assert TOKEN not in log
+    assert "/api/chat?voice=1&token=REDACTED" in log
+
+
+def test_a_refused_event_is_dropped_at_once_and_the_next_one_goes_through(tmp_path, upstream):
+    from aiohttp import web
+
+    from myca_ops.lab.processes import free_port
+
+    port = free_port()
+    received, refused = [], []
+
+    async def scenario(base):
+        app = web.Application()
+
+        async def record(request):
+            event = await request.json()
+            if event["event"] == "session_start" and not refused:  # the MAS refuses the first event
+                refused.append(event)
+                return web.json_response({"error": "no"}, status=400)
+            received.append((event, request.headers.get("Authorization")))
+            return web.json_response({"stored": True})
+
+        app.router.add_post("/api/myca/events", record)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+        for _ in range(50):
+            if received:
+                break
+            await asyncio.sleep(0.1)
+        await runner.cleanup()
+
+    mas_url = f"http://127.0.0.1:{port}/api/myca/events"
+    with bridge(tmp_path, upstream=upstream, mas_url=mas_url, mas_token="m" * 20) as base:
+        asyncio.run(scenario(base))
+        _, text = http_get(base + "/metrics")
+    assert [e["event"] for e, _ in received] == ["session_end"]  # not held up by the refused one
+    assert received[0][1] == "Bearer " + "m" * 20
+    assert metric(text, 'myca_bridge_events_dropped_total{reason="refused_400"}') == 1

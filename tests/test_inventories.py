@@ -51,7 +51,7 @@ def test_playbooks_syntax_check_against_the_inventory(env, playbook, vault_passw
 
 def test_production_secrets_are_vault_encrypted_and_open_with_the_example_password(vault_password_file):
     vaults = sorted((ROOT / "inventory/production/group_vars").glob("*/vault.yml"))
-    assert len(vaults) == 4
+    assert len(vaults) == 5
     for vault in vaults:
         assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
     out = ansible(

@@ -98,3 +98,23 @@ def test_website_sets_the_url_keeps_other_lines_and_backs_up(tmp_path):
     second = run_role(tmp_path, "website", variables, check=False)
     assert second.returncode == 0 and "changed=0" in second.stdout
     assert len(list(site.glob(".env.local.*~"))) == 1
+
+
+def test_an_example_secret_is_refused_by_name_without_showing_it(tmp_path):
+    example = "example-bridge-token-replace-me-0001"  # inventory/production's published example
+    out = run_role(
+        tmp_path,
+        "bridge",
+        f"        bridge_upstream: ws://g:8998/api/chat\n        bridge_tokens: [{example}]\n        bridge_mas_token: {'m' * 20}\n",
+    )
+    assert out.returncode != 0
+    assert "bridge_tokens: the documented example value" in out.stdout
+    assert "bridge_mas_token: the documented" not in out.stdout  # its own value is fine
+    assert example not in out.stdout
+    assert "Install venv support" not in out.stdout
+
+
+def test_the_mas_needs_an_events_token(tmp_path):
+    out = run_role(tmp_path, "mas", "        mas_db_password: a-real-password-here\n")
+    assert out.returncode != 0
+    assert "mas_events_token must be at least 16 characters (it is 0)" in out.stdout

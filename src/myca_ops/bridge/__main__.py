@@ -9,7 +9,7 @@ import sys
 import uvloop
 from aiohttp import web
 
-from myca_ops.bridge.app import make_app, server_ssl
+from myca_ops.bridge.app import AccessLog, make_app, server_ssl
 from myca_ops.bridge.config import BridgeConfig, ConfigError
 
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = BridgeConfig.load(args.config)
         ssl_context = server_ssl(config)
+        config.metrics_networks()  # a name in metrics_allowed that does not resolve is an error now
     except (ConfigError, OSError) as exc:
         print(f"myca-bridge: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         port=config.listen_port,
         ssl_context=ssl_context,
         print=None,
+        access_log_class=AccessLog,
+        keepalive_timeout=config.header_timeout_s,  # aiohttp times a new connection from its start
         loop=uvloop.new_event_loop(),  # about half the CPU per relayed message of asyncio's own loop
     )
     return 0

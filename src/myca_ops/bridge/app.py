@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -19,6 +21,7 @@ import uuid
 import aiohttp
 import yarl
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from myca_ops.bridge.config import BridgeConfig
@@ -38,6 +41,7 @@ CLOSE_IDLE = 4408
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
+TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
 CLOSE_TIMEOUT_S = 2.0
 
 CONFIG = web.AppKey("config", BridgeConfig)
@@ -87,6 +91,9 @@ class BridgeState:
             token=config.mas_token,
         )
         self.health: tuple[float, int, dict] | None = None
+        self.health_lock = asyncio.Lock()
+        self.metrics_networks = config.metrics_networks()
+        self.per_address: dict[str, int] = {}  # open requests (websocket sessions included) per client
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
         self.background: set[asyncio.Task] = set()
 
@@ -138,7 +145,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     # autoclose off: the bridge answers a client's close itself, after freeing the slot, so a
     # caller whose close handshake has finished can always connect again at once.
     ws = web.WebSocketResponse(
-        max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR, autoping=True, autoclose=False
+        max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR,
+        autoping=True,
+        autoclose=False,
+        heartbeat=config.heartbeat_s,  # a half-open client that answers no ping is closed
+        timeout=CLOSE_TIMEOUT_S,  # how long a close waits for the client's answer
     )
     await ws.prepare(request)
     if state.active >= config.max_sessions:
@@ -287,27 +298,41 @@ async def pump_from_upstream(upstream, ws: web.WebSocketResponse, m: Metrics):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the upstream answers the handshake byte (or is busy serving our sessions)."""
+    """200 when the upstream answers the handshake byte (or is busy serving our sessions), else 503.
+
+    Single flight and cached for HEALTH_CACHE_S: a burst of calls opens at most one upstream
+    session per period, and none while the bridge relays one.  Only the networks in
+    metrics_allowed (or a token holder) see the details; others get {ok} alone."""
     config, state = request.app[CONFIG], request.app[STATE]
-    now = time.monotonic()
-    if state.health and now - state.health[0] < HEALTH_CACHE_S:
-        return web.json_response(state.health[2], status=state.health[1])
-    body = {"upstream": config.upstream, "sessions": state.active, "max_sessions": config.max_sessions}
-    if state.active:
-        body.update(ok=True, detail="upstream is serving the bridge's sessions")
-    else:
-        body.update(await probe_upstream(config, state))
-    status = 200 if body["ok"] else 503
-    state.health = (now, status, body)
-    return web.json_response(body, status=status)
+    async with state.health_lock:  # the callers of a burst wait for one probe and share it
+        if state.health is None or time.monotonic() - state.health[0] >= HEALTH_CACHE_S:
+            body = {"upstream": config.upstream, "sessions": state.active, "max_sessions": config.max_sessions}
+            if state.active:
+                body.update(ok=True, detail="upstream is serving the bridge's sessions")
+            else:
+                body.update(await probe_upstream(config, state))
+            state.health = (time.monotonic(), 200 if body["ok"] else 503, body)
+    _, status, body = state.health
+    return web.json_response(body if insider(request) else {"ok": body["ok"]}, status=status)
+
+
+def insider(request: web.Request) -> bool:
+    """The caller may see details and metrics: from metrics_allowed, or with a valid token."""
+    config = request.app[CONFIG]
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        peer = None
+    if peer is not None and any(peer in net for net in request.app[STATE].metrics_networks):
+        return True
+    return bool(config.tokens) and token_ok(request, config.tokens)
 
 
 async def probe_upstream(config: BridgeConfig, state: BridgeState) -> dict:
-    t0 = time.perf_counter()
     try:
-        msg = await asyncio.wait_for(first_message(state, config.upstream), config.connect_timeout_s)
+        msg, seconds = await asyncio.wait_for(first_message(state, config.upstream), config.connect_timeout_s)
         if msg.type == WSMsgType.BINARY and msg.data[:1] == bytes([HANDSHAKE]):
-            return {"ok": True, "handshake_ms": round((time.perf_counter() - t0) * 1000, 1)}
+            return {"ok": True, "handshake_ms": round(seconds * 1000, 1)}
         return {"ok": False, "error": f"upstream sent {msg.type.name} {msg.data!r:.40} instead of the handshake byte"}
     except asyncio.TimeoutError:
         return {"ok": False, "error": f"no handshake from the upstream within {config.connect_timeout_s:g} s"}
@@ -315,18 +340,46 @@ async def probe_upstream(config: BridgeConfig, state: BridgeState) -> dict:
         return {"ok": False, "error": f"upstream unreachable: {type(exc).__name__}: {exc}"}
 
 
-async def first_message(state: BridgeState, url: str) -> aiohttp.WSMessage:
+async def first_message(state: BridgeState, url: str) -> tuple[aiohttp.WSMessage, float]:
+    """The upstream's first message and the seconds it took (the close that follows is not counted)."""
+    t0 = time.perf_counter()
     async with state.client.ws_connect(url, ssl=state.upstream_ssl) as upstream:
-        return await upstream.receive()
+        return await upstream.receive(), time.perf_counter() - t0
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not insider(request):
+        raise web.HTTPForbidden(text="/metrics answers the networks in bridge_metrics_allowed, or a token holder\n")
     body = generate_latest(request.app[STATE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@web.middleware
+async def per_address_cap(request: web.Request, handler):
+    """At most max_connections_per_address open requests (a websocket session is one) per client."""
+    state, limit = request.app[STATE], request.app[CONFIG].max_connections_per_address
+    peer = request.remote or ""
+    if state.per_address.get(peer, 0) >= limit:
+        raise web.HTTPTooManyRequests(text=f"at most {limit} connections per client address\n")
+    state.per_address[peer] = state.per_address.get(peer, 0) + 1
+    try:
+        return await handler(request)
+    finally:
+        state.per_address[peer] -= 1
+        if not state.per_address[peer]:
+            del state.per_address[peer]
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request, with any token in the query string redacted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = TOKEN_IN_QUERY.sub(r"\1token=REDACTED", request.path_qs)
+        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time)
+
+
 def make_app(config: BridgeConfig) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[per_address_cap])
     app[CONFIG] = config
     app[STATE] = state = BridgeState(config)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -29,14 +31,25 @@ class BridgeConfig:
     event_queue_size: int = 1000
     tls_cert: str = ""
     tls_key: str = ""
+    # Who sees /metrics and /healthz's details (besides a token holder): networks or host names.
+    metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_connections_per_address: int = 16  # open requests per client address; more get HTTP 429
+    header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
+    heartbeat_s: float = 20.0  # websocket ping interval; no pong by the next one closes the session
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("ws://", "wss://")):
             raise ConfigError(f"upstream must be a ws:// or wss:// URL, got {self.upstream!r} (bridge_upstream)")
-        for name in ("max_sessions", "max_message_bytes", "event_queue_size", "listen_port"):
+        for name in (
+            "max_sessions",
+            "max_message_bytes",
+            "event_queue_size",
+            "listen_port",
+            "max_connections_per_address",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r} (bridge_{name})")
-        for name in ("idle_timeout_s", "connect_timeout_s"):
+        for name in ("idle_timeout_s", "connect_timeout_s", "header_timeout_s", "heartbeat_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r} (bridge_{name})")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -45,6 +58,24 @@ class BridgeConfig:
             raise ConfigError(
                 "every token must be at least 16 characters (bridge_tokens); make one with `openssl rand -hex 24`"
             )
+
+    def metrics_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """metrics_allowed as networks; a host name stands for every address it resolves to now."""
+        networks = []
+        for entry in self.metrics_allowed:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            try:
+                infos = socket.getaddrinfo(entry, None)
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics_allowed: {entry!r} is neither a network nor a name that resolves ({exc})"
+                ) from exc
+            networks += [ipaddress.ip_network(info[4][0]) for info in infos]
+        return networks
 
     @classmethod
     def from_dict(cls, data: dict) -> BridgeConfig:
@@ -55,8 +86,9 @@ class BridgeConfig:
         if "upstream" not in data:
             raise ConfigError("upstream is required: the ws:// URL of Moshi's /api/chat (bridge_upstream)")
         values = dict(data)
-        for name in ("tokens", "allowed_origins"):
-            values[name] = tuple(values.get(name) or ())
+        for name in ("tokens", "allowed_origins", "metrics_allowed"):
+            if name in values:
+                values[name] = tuple(values[name] or ())
         return cls(**values)
 
     @classmethod

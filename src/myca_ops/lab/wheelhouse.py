@@ -91,6 +91,9 @@ def install(dest: Path, specs: list[str]) -> None:
         str(dest),
     ]
     *deps, moshi = specs
+    # The control node keeps its own aiohttp (the bridge's and the MAS's pin, newer than
+    # moshi's <3.12, which only moshi's own venv on a host needs; moshi.server runs on both).
+    deps = [d for d in deps if not d.startswith("aiohttp")]
     for args in (deps, ["--no-deps", moshi]):
         if subprocess.run([*pip, *args]).returncode != 0:
             raise WheelhouseError(f"pip install {' '.join(args)} from {dest} failed")
