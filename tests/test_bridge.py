@@ -275,35 +275,37 @@ def test_fuzz_leaves_the_bridge_up_and_other_sessions_unharmed(tmp_path, upstrea
                         await ws.send_bytes(frame)
                 except (ConnectionResetError, aiohttp.ClientError):
                     ws = await http.ws_connect(chat_url(base))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)  # 250 frames each: the fuzz lasts at least 0.25 s
             await ws.close()
 
-    async def polite(base, stop):
-        sent = received = 0
+    async def polite(base, rude_running):
+        sent = received = during = 0
         async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
             await opening(ws)
-            while not stop.is_set():
+            while rude_running.is_set() or sent < 10:  # talks before, during and after the fuzz
                 payload = b"\x01" + rng.randbytes(160)
                 await ws.send_bytes(payload)
                 sent += 1
+                during += rude_running.is_set()
                 received += (await ws.receive_bytes(timeout=5)) == payload
                 await asyncio.sleep(0.02)
-        return sent, received
+        return sent, received, during
 
     async def scenario(base):
         frames = [rng.randbytes(rng.choice([0, 1, 2, 50, 500, 3000])) for _ in range(1000)]
-        stop = asyncio.Event()
-        polite_task = asyncio.create_task(polite(base, stop))
-        await asyncio.sleep(0.2)
+        rude_running = asyncio.Event()
+        polite_task = asyncio.create_task(polite(base, rude_running))
+        await asyncio.sleep(0.1)
+        rude_running.set()
         await asyncio.gather(*(rude(base, frames[i::4]) for i in range(4)))
-        stop.set()
+        rude_running.clear()
         return await polite_task
 
     with bridge(tmp_path, upstream=upstream, max_sessions=8, max_message_bytes=2048) as base:
-        sent, received = asyncio.run(scenario(base))
+        sent, received, during = asyncio.run(scenario(base))
         status, _ = http_get(base + "/healthz")
         _, text = http_get(base + "/metrics")
-    assert sent > 10 and received == sent
+    assert received == sent and during >= 3, (sent, received, during)
     assert status == 200
     assert metric(text, "myca_bridge_dropped_messages_total") > 0
     assert metric(text, 'myca_bridge_sessions_total{outcome="too_big"}') > 0
