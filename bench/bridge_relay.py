@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         echo_url = stack.enter_context(echo_upstream(tmp))
         echo_port = int(echo_url.split(":")[2].split("/")[0])
-        bridge_url = stack.enter_context(bridge(tmp, upstream=echo_url, max_sessions=args.sessions * 2))
+        bridge_url = stack.enter_context(
+            bridge(
+                tmp, upstream=echo_url, max_sessions=args.sessions * 2, max_connections_per_address=args.sessions * 2
+            )
+        )  # every session of the harness comes from 127.0.0.1
         proxy_port = free_port()
         (tmp / "haproxy.cfg").write_text(HAPROXY_CFG.format(port=proxy_port, echo_port=echo_port))
         stack.enter_context(
