@@ -107,3 +107,59 @@ def test_the_mas_env_file_escapes_the_password_in_the_dsn(files):
     env = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     assert env["MYCA_MAS_DSN"] == "postgresql://myca_mas:p%40ss%2Fw%3Ard@127.0.0.1:5432/myca"
     assert env["MYCA_MAS_COLLECTORS"] == "host,voice"
+
+
+def firewall_rules_for(tmp_path, hosts_yml: str, host: str, moshi_host: str = "0.0.0.0") -> str:
+    """The nftables rules the firewall role writes for `host` of an inventory (addresses, no lookup)."""
+    (tmp_path / "hosts.yml").write_text(hosts_yml)
+    role = ROOT / "roles" / "firewall"
+    play = [
+        {
+            "hosts": host,
+            "gather_facts": False,
+            "connection": "local",
+            "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
+            "vars": {"moshi_host": moshi_host, "ansible_python_interpreter": sys.executable},
+            "tasks": [
+                {
+                    "name": "Render the rules",
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates/myca-ops.nft.j2"),
+                        "dest": str(tmp_path / "rules.nft"),
+                        "mode": "0644",
+                    },
+                }
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env())
+    assert out.returncode == 0 and f"{host} " in out.stdout.split("PLAY RECAP")[-1], out.stdout + out.stderr
+    return (tmp_path / "rules.nft").read_text()
+
+
+INVENTORY = """
+all:
+  children:
+    gpu_hosts: {hosts: {gpu: {ansible_host: 10.0.0.1}}}
+    bridge_hosts: {hosts: {bridge: {ansible_host: 10.0.0.2}}}
+    website_hosts: {hosts: {web: {ansible_host: 10.0.0.3}}}
+    mas_hosts: {hosts: {mas: {ansible_host: 10.0.0.4}}}
+"""
+
+
+def test_the_firewall_lets_in_only_each_ports_clients(tmp_path):
+    gpu = firewall_rules_for(tmp_path, INVENTORY, "gpu")
+    assert "tcp dport 8998 ip saddr { 10.0.0.2, 10.0.0.4 } accept\n        tcp dport 8998 reject with tcp reset" in gpu
+    assert "8001" not in gpu and "5432" not in gpu
+    mas = firewall_rules_for(tmp_path, INVENTORY, "mas")
+    assert "tcp dport 8001 ip saddr { 10.0.0.2, 10.0.0.3 } accept" in mas
+    assert "tcp dport 5432 ip saddr { 127.0.0.1/32 } accept" in mas and "ip6 saddr { ::1/128 }" in mas
+    assert mas.count("reject with tcp reset") == 2
+
+
+def test_moshi_on_loopback_behind_its_own_bridge_needs_no_rule(tmp_path):
+    shared = INVENTORY.replace("bridge: {ansible_host: 10.0.0.2}", "gpu: {}")
+    rules = firewall_rules_for(tmp_path, shared, "gpu", moshi_host="127.0.0.1")
+    assert "dport" not in rules
