@@ -33,6 +33,7 @@ def test_recipe_hash_changes_with_the_recipe(monkeypatch):
     assert image.recipe_hash() != before
 
 
+@pytest.mark.lab  # needs the Docker engine, which `make lab-image` starts
 def test_the_lab_image_exists_and_boots_systemd():
     """`make pytest` builds the image first; a container of it must boot systemd."""
     import subprocess
