@@ -65,7 +65,7 @@ def lab_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def moshi_server(lab_weights, tmp_path_factory):
-    """The real moshi.server, started by myca-moshi on CPU with the lab weights: (url, log path)."""
+    """The real moshi.server (moshi_server: upstream), started by myca-moshi on CPU with the lab weights: (url, log path)."""
     import time
 
     from myca_ops.voice.probe import wait_for_handshake
@@ -77,6 +77,7 @@ def moshi_server(lab_weights, tmp_path_factory):
         MYCA_MOSHI_PORT=str(port),
         MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
         MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+        MYCA_MOSHI_SERVER="upstream",
         NO_CUDA_GRAPH="1",
     )  # a stray switch the launcher must clear
     log = tmp_path_factory.mktemp("moshi") / "server.log"

@@ -122,7 +122,7 @@ def test_launcher_serves_real_moshi_on_cpu(moshi_server):
     text = log.read_text()
     assert result["error"] is None, text[-2000:]
     assert result["audio_messages"] > 0 and result["audio_received_s"] > 0
-    assert "myca-moshi: mode cpu on cpu" in text
+    assert "myca-moshi: upstream server, mode cpu on cpu" in text
     assert "frame handled in" in text
 
 

@@ -24,7 +24,7 @@ MIMI_FILE = "mimi.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
 RECIPE_FILE = "recipe.json"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 WORDS = (
     "hello moshi how are you today the voice stack runs in real time on this host and every frame "
@@ -74,6 +74,21 @@ def train_tokenizer(dest: Path, vocab_size: int, seed: int) -> None:
     dest.write_bytes(model.getvalue())
 
 
+def seed_codebooks(mimi, scale: float = 1e-3) -> None:
+    """Give Mimi's quantizer random codebooks at the scale of its random encoder's output.
+
+    An untrained codebook is all zeros (filled by k-means in training), so every input would
+    give code 0 and nothing downstream could tell two voices apart: the batched server's
+    parity and isolation tests need codes, tokens and audio that follow the input."""
+    from moshi.quantization.core_vq import EuclideanCodebook
+
+    for module in mimi.modules():
+        if isinstance(module, EuclideanCodebook):
+            module.embedding_sum.normal_(0, scale)
+            module.cluster_usage.fill_(1)
+            module._initialized.fill_(1)
+
+
 def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400) -> Path:
     recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +113,7 @@ def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: i
     del lm
     print("[weights] random full-size Mimi (79 M parameters, about 385 MB)", flush=True)
     mimi = loaders.get_mimi(None, device="cpu")
+    seed_codebooks(mimi)
     save_model(mimi, str(out / MIMI_FILE))
 
     full = dict(config, moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, tokenizer_name=TOKENIZER_FILE, model_type="moshi")

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
+from myca_ops.voice.engine import StageClock
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
 from myca_ops.voice.stats import summary
 
@@ -139,7 +140,7 @@ def measure(
     times = {stage: [] for stage in STAGES}
     for i in range(frames + warmup):
         chunk = audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES][None, None]
-        clock = _Clock(cuda)
+        clock = StageClock(torch, cuda)
         codes = mimi.encode(chunk)
         clock.mark()
         tokens = lm_gen.step(codes[:, :, 0:1])
@@ -169,31 +170,6 @@ def _triton_version() -> str | None:
         return triton.__version__
     except ImportError:
         return None
-
-
-class _Clock:
-    """Stage boundaries: CUDA events on a GPU (no host sync inside the frame), perf_counter on CPU."""
-
-    def __init__(self, cuda: bool):
-        import torch
-
-        self.torch, self.cuda, self.marks = torch, cuda, []
-        self.mark()
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = self.torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def stages_ms(self) -> list[float]:
-        pairs = list(zip(self.marks, self.marks[1:], strict=False))
-        if self.cuda:
-            self.torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in pairs]
-        return [(b - a) * 1000 for a, b in pairs]
 
 
 def run_mode(mode: str, args: list[str], timeout: float) -> dict:

@@ -1,9 +1,10 @@
-"""myca-moshi: run the real ``moshi.server`` in the fastest mode this host supports.
+"""myca-moshi: run Moshi in the fastest mode this host supports.
 
 Configured by the environment file the moshi role renders (``MYCA_MOSHI_*``).  It sets
 moshi's switches before moshi is imported (``NO_TORCH_COMPILE`` is read at import),
-logs one line with the mode and the reason, then runs ``moshi.server`` as
-``python -m moshi.server`` would.  ``myca-moshi fetch`` downloads a Hugging Face
+logs one line with the mode and the reason, then runs the server ``MYCA_MOSHI_SERVER``
+names: ``batched`` (``myca_ops.voice.server``, many conversations on one model) or
+``upstream`` (the real ``moshi.server`` as ``python -m moshi.server`` runs it, or a fork's).  ``myca-moshi fetch`` downloads a Hugging Face
 checkpoint into the weights folder; ``myca-moshi wait`` waits for the handshake.
 
 The weights folder holds ``model.safetensors``, ``mimi.safetensors``, ``tokenizer.model``
@@ -29,6 +30,7 @@ MIMI_FILE = "mimi.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
 MODES = ("compile+graphs", "graphs", "compile", "eager", "cpu")
+SERVERS = ("batched", "upstream")
 SLOW_MODE_MS = 200  # the field report's step time with graphs and compile off
 
 
@@ -184,6 +186,9 @@ def moshi_7b_config() -> dict:
 
 def serve(env: dict[str, str]) -> None:
     device = env.get("MYCA_MOSHI_DEVICE", "cuda")
+    server = env.get("MYCA_MOSHI_SERVER", "batched")
+    if server not in SERVERS:
+        raise ValueError(f"MYCA_MOSHI_SERVER is {server!r}; expected one of {', '.join(SERVERS)} (moshi_server)")
     decision = decide_from_env(env)
     weights = resolve_weights(Path(env.get("MYCA_MOSHI_WEIGHTS_DIR", "/var/lib/moshi/weights")))
     config_path = config_or_default(weights)
@@ -192,10 +197,16 @@ def serve(env: dict[str, str]) -> None:
     for name in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH"):
         os.environ.pop(name, None)
     os.environ.update(decision.env)
-    print(f"myca-moshi: mode {decision.mode} on {device} ({decision.reason})", flush=True)
+    print(f"myca-moshi: {server} server, mode {decision.mode} on {device} ({decision.reason})", flush=True)
     if decision.warning:
         print(f"myca-moshi: WARNING: {decision.warning}", flush=True)
 
+    if server == "batched":
+        from myca_ops.voice import server as batched
+
+        settings = batched.Settings.from_env(env, decision.mode)
+        batched.serve(settings, batched.builder(settings, weights, config_path, _true(env.get("MYCA_MOSHI_HALF"))))
+        return
     if not device.startswith("cuda"):
         # moshi 0.2.13's warmup ends with torch.cuda.synchronize(), which raises on CPU torch.
         import torch
@@ -268,7 +279,7 @@ def crash_watch(unit: str, limit: int = 3):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myca-moshi", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run moshi.server (the default), configured by MYCA_MOSHI_* variables")
+    sub.add_parser("serve", help="run the Moshi server (the default), configured by MYCA_MOSHI_* variables")
     f = sub.add_parser("fetch", help="download a checkpoint from Hugging Face into the weights folder")
     f.add_argument("--repo", required=True)
     f.add_argument("--revision", required=True)

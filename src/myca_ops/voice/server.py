@@ -1,0 +1,471 @@
+"""The batched Moshi server: moshi.server's /api/chat for many conversations on one model.
+
+``myca-moshi serve`` runs it when ``MYCA_MOSHI_SERVER=batched`` (the moshi role's default).
+The wire protocol is moshi.server's: the handshake byte 0x00 once the session has its slot,
+Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
+
+- ``MYCA_MOSHI_SLOTS`` conversations at once (0: as many as the GPU's free memory holds, by
+  the per-slot memory measured at start; 1 on CPU).  One model thread steps every slot that
+  has a new 80 ms frame together (:class:`~myca_ops.voice.engine.SlotEngine`); the event
+  loop only reads, decodes and encodes Opus, and sends.
+- A caller who finds every slot taken is closed at once with 1013 "all N slots busy".
+- A client that does not read loses audio, not the others' time: its outgoing queue is
+  bounded, and what does not fit is dropped and counted.
+- ``GET /healthz`` answers without a session (503 while loading, or when the ticks of the
+  last minute run over the 80 ms budget); ``GET /metrics`` is Prometheus text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from myca_ops.voice.engine import STAGES, SlotEngine
+from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
+from myca_ops.voice.stats import percentile
+
+log = logging.getLogger("myca_ops.voice.server")
+
+HEALTH_WINDOW_S = 60.0
+MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
+MAX_SLOTS_AUTO = 32
+GPU_HEADROOM = 0.10  # of the GPU's memory kept free when slots are counted from it
+SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
+STATE = web.AppKey("state", "VoiceServer")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8998
+    slots: int = 1  # 0: from the GPU's free memory
+    send_queue: int = 25  # messages per session waiting to be sent (about 2 s of audio)
+    # Bytes a client may leave unread (socket and write buffers) before its answers are dropped:
+    # about 4 s of audio, so a client that stops reading never hears stale speech later.
+    send_buffer_bytes: int = 16384
+    greedy: bool = False  # argmax instead of sampling: the same answer for the same input
+    ssl_dir: str = ""
+    mode: str = "unknown"  # as the launcher decided it, for /healthz
+    device: str = "cuda"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], mode: str) -> Settings:
+        def number(name: str, default: int) -> int:
+            raw = env.get(name, "") or str(default)
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+            if value < 0:
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+            return value
+
+        return cls(
+            host=env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
+            port=number("MYCA_MOSHI_PORT", 8998),
+            slots=number("MYCA_MOSHI_SLOTS", 0),
+            send_queue=max(1, number("MYCA_MOSHI_SEND_QUEUE", 25)),
+            send_buffer_bytes=number("MYCA_MOSHI_SEND_BUFFER_BYTES", 16384),
+            greedy=env.get("MYCA_MOSHI_GREEDY", "0") == "1",
+            ssl_dir=env.get("MYCA_MOSHI_SSL_DIR", ""),
+            mode=mode,
+            device=env.get("MYCA_MOSHI_DEVICE", "cuda"),
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        buckets = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.4)
+        self.tick = Histogram("myca_moshi_tick_seconds", "One model tick, per stage", ["stage"], buckets=buckets, registry=r)
+        self.frames = Counter("myca_moshi_frames", "80 ms frames stepped", registry=r)
+        self.late = Counter(
+            "myca_moshi_frames_late", "Frames answered more than 80 ms after their audio was complete", registry=r
+        )
+        self.batch = Histogram(
+            "myca_moshi_tick_batch", "Slots stepped per tick", buckets=(1, 2, 4, 8, 16, 32), registry=r
+        )
+        self.slots_used = Gauge("myca_moshi_slots_in_use", "Slots holding a session", registry=r)
+        self.slots_total = Gauge("myca_moshi_slots", "Slots this server has", registry=r)
+        self.sessions = Counter("myca_moshi_sessions", "Sessions by outcome", ["outcome"], registry=r)
+        self.dropped = Counter(
+            "myca_moshi_dropped_frames",
+            "Frames dropped: out, answers a client did not read; in, audio sent faster than real time",
+            ["direction"],
+            registry=r,
+        )
+
+
+@dataclass
+class Session:
+    slot: int
+    generation: int
+    queue: asyncio.Queue
+    writer: object  # sphn.OpusStreamWriter
+    tokenizer: object
+    transport: object  # the connection's, to see what the client has not taken yet
+    buffer_limit: int
+    pcm: object = None  # samples received and not yet a whole frame
+    dropped: int = 0
+
+    def behind(self) -> bool:
+        """The client is not reading: its queue is full, or its socket's buffers are."""
+        unsent = self.transport.get_write_buffer_size() if self.transport else 0
+        return self.queue.maxsize - self.queue.qsize() < 2 or (self.buffer_limit and unsent > self.buffer_limit)
+
+    def answer(self, output, metrics: Metrics) -> None:
+        """Queue one answer frame (audio, then text), or drop it whole when the client is behind.
+        A dropped frame is never encoded: the Opus stream stays valid, the listener hears a gap."""
+        if output.pcm is None:
+            return
+        if self.behind():
+            self.dropped += 1
+            metrics.dropped.labels("out").inc()
+            return
+        opus = self.writer.append_pcm(output.pcm)
+        if len(opus):
+            self.queue.put_nowait(bytes([AUDIO]) + opus)
+        text = int(output.tokens[0])
+        if text not in SILENT_TOKENS:
+            piece = self.tokenizer.id_to_piece(text).replace("\u2581", " ")
+            self.queue.put_nowait(bytes([TEXT]) + piece.encode())
+
+
+@dataclass
+class Inbox:
+    """What the event loop hands the model thread, guarded by VoiceServer.lock."""
+
+    frames: list = field(default_factory=list)  # per slot: deque of (samples, when complete)
+    first: set = field(default_factory=set)  # slots whose next frame is their session's first
+    resets: set = field(default_factory=set)  # slots to start afresh before their next frame
+
+
+class VoiceServer:
+    def __init__(self, settings: Settings, build) -> None:
+        """`build()` loads the model and returns (SlotEngine, text tokenizer); it runs off the event loop."""
+        self.settings, self.build = settings, build
+        self.metrics = Metrics()
+        self.engine: SlotEngine | None = None
+        self.tokenizer = None
+        self.load_error: str | None = None
+        self.sessions: list[Session | None] = []
+        self.generation: list[int] = []
+        self.lock = threading.Condition()
+        self.inbox = Inbox()
+        self.ticks: deque = deque()  # (monotonic end, total ms) over HEALTH_WINDOW_S
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- Loading and the model thread ---------------------------------------------------
+    def load(self) -> None:
+        try:
+            self.engine, self.tokenizer = self.build()
+        except Exception as exc:  # shown by /healthz and the log; the service stays up to say why
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the model failed")
+            return
+        slots = self.engine.slots
+        self.sessions = [None] * slots
+        self.generation = [0] * slots
+        self.inbox.frames = [deque() for _ in range(slots)]
+        self.metrics.slots_total.set(slots)
+        log.info("ready: %d slot(s), mode %s on %s", slots, self.settings.mode, self.settings.device)
+        self.run_model()
+
+    def run_model(self) -> None:
+        engine, inbox = self.engine, self.inbox
+        while True:
+            with self.lock:
+                while not self.stopping and not any(inbox.frames):
+                    self.lock.wait()
+                if self.stopping:
+                    return
+                resets, inbox.resets = inbox.resets, set()
+                taken = {k: q.popleft() for k, q in enumerate(inbox.frames) if q}
+                first = inbox.first & set(taken)
+                inbox.first -= first
+                generations = list(self.generation)
+            engine.reset(resets)
+            outputs, stages = engine.tick({k: samples for k, (samples, _) in taken.items()}, first)
+            done = time.monotonic()
+            self.record(stages, done, [done - complete for _, complete in taken.values()])
+            self.loop.call_soon_threadsafe(self.deliver, outputs, generations)
+
+    def record(self, stages: dict, done: float, waits: list[float]) -> None:
+        m = self.metrics
+        for stage, ms in stages.items():
+            m.tick.labels(stage).observe(ms / 1000)
+        total = sum(stages.values())
+        m.tick.labels("total").observe(total / 1000)
+        m.frames.inc(len(waits))
+        m.late.inc(sum(1 for w in waits if w * 1000 > FRAME_BUDGET_MS))
+        m.batch.observe(len(waits))
+        with self.lock:
+            self.ticks.append((done, total))
+            while self.ticks and self.ticks[0][0] < done - HEALTH_WINDOW_S:
+                self.ticks.popleft()
+
+    def deliver(self, outputs: dict, generations: list[int]) -> None:
+        """On the event loop: each slot's answer to the session that asked (not to a successor)."""
+        for k, output in outputs.items():
+            session = self.sessions[k]
+            if session is not None and session.generation == generations[k]:
+                session.answer(output, self.metrics)
+
+    # --- Slots ------------------------------------------------------------------------------
+    def take_slot(self, make_session) -> Session | None:
+        with self.lock:
+            free = next((k for k, s in enumerate(self.sessions) if s is None), None)
+            if free is None:
+                return None
+            self.generation[free] += 1
+            session = self.sessions[free] = make_session(free, self.generation[free])
+            self.inbox.frames[free].clear()
+            self.inbox.resets.add(free)
+            self.inbox.first.add(free)
+        self.metrics.slots_used.inc()
+        return session
+
+    def release(self, session: Session) -> None:
+        with self.lock:
+            if self.sessions[session.slot] is session:
+                self.sessions[session.slot] = None
+                self.generation[session.slot] += 1  # answers still in flight go nowhere
+                self.inbox.frames[session.slot].clear()
+                self.inbox.first.discard(session.slot)
+        self.metrics.slots_used.dec()
+
+    def push(self, session: Session, samples) -> None:
+        """Whole 80 ms frames of `samples` (after what was left over) to the model thread."""
+        import numpy as np
+
+        pcm = samples if session.pcm is None else np.concatenate((session.pcm, samples))
+        whole = len(pcm) // FRAME_SAMPLES
+        if whole:
+            now, dropped = time.monotonic(), 0
+            with self.lock:
+                if self.sessions[session.slot] is session:
+                    queue = self.inbox.frames[session.slot]
+                    for i in range(whole):
+                        if len(queue) < MAX_QUEUED_FRAMES:
+                            queue.append((pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], now))
+                        else:
+                            dropped += 1
+                    self.lock.notify()
+            if dropped:
+                self.metrics.dropped.labels("in").inc(dropped)
+        session.pcm = pcm[whole * FRAME_SAMPLES :]
+
+    # --- HTTP -------------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict]:
+        with self.lock:
+            window = [ms for _, ms in self.ticks]
+            used = sum(1 for s in self.sessions if s is not None)
+        p50, p99 = percentile(window, 50), percentile(window, 99)
+        body = {
+            "server": "batched",
+            "model_loaded": self.engine is not None,
+            "mode": self.settings.mode,
+            "device": self.settings.device,
+            "slots_used": used,
+            "slots_total": self.engine.slots if self.engine else None,
+            "tick_ms": {
+                "p50": None if p50 is None else round(p50, 2),
+                "p99": None if p99 is None else round(p99, 2),
+                "count": len(window),
+                "window_s": HEALTH_WINDOW_S,
+            },
+            "budget_ms": FRAME_BUDGET_MS,
+        }
+        if self.load_error:
+            body.update(ok=False, status="failed", error=f"loading the model failed: {self.load_error}")
+        elif self.engine is None:
+            body.update(ok=False, status="loading")
+        elif p99 is not None and p99 > FRAME_BUDGET_MS:
+            body.update(ok=False, status="over budget")
+        else:
+            body.update(ok=True, status="ready")
+        return (200 if body["ok"] else 503), body
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    import sphn
+
+    server: VoiceServer = request.app[STATE]
+    m, settings = server.metrics, server.settings
+    ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
+    await ws.prepare(request)
+    if server.engine is None:
+        m.sessions.labels("loading").inc()
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"the model is still loading")
+        return ws
+
+    def make(slot: int, generation: int) -> Session:
+        queue, writer = asyncio.Queue(settings.send_queue), sphn.OpusStreamWriter(SAMPLE_RATE)
+        return Session(slot, generation, queue, writer, server.tokenizer, request.transport, settings.send_buffer_bytes)
+
+    session = server.take_slot(make)
+    if session is None:
+        m.sessions.labels("busy").inc()
+        reason = f"all {server.engine.slots} slots busy"
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+        return ws
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and settings.send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+    peer = request.remote or ""
+    log.info("session in slot %d from %s", session.slot, peer)
+    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    sender = asyncio.create_task(send_loop(ws, session.queue))
+    outcome = "ended"
+    try:
+        await ws.send_bytes(bytes([HANDSHAKE]))
+        async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                outcome = "error"
+                break
+            if message.type != WSMsgType.BINARY or not message.data:
+                continue  # as moshi.server: other messages are ignored
+            if message.data[0] == AUDIO:
+                pcm = reader.append_bytes(message.data[1:])
+                if pcm.shape[-1]:
+                    server.push(session, pcm)
+    except (ConnectionError, aiohttp.ClientError):
+        outcome = "error"
+    finally:
+        server.release(session)
+        sender.cancel()
+        m.sessions.labels(outcome).inc()
+        log.info("session in slot %d from %s ended (%s, %d answer frames dropped)", session.slot, peer, outcome, session.dropped)
+    return ws
+
+
+async def send_loop(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
+    try:
+        while True:
+            await ws.send_bytes(await queue.get())
+    except (ConnectionError, RuntimeError, aiohttp.ClientError):
+        pass  # the client is gone; the receive loop ends the session
+
+
+async def healthz(request: web.Request) -> web.Response:
+    status, body = request.app[STATE].health()
+    return web.json_response(body, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(server: VoiceServer) -> web.Application:
+    app = web.Application()
+    app[STATE] = server
+
+    async def lifecycle(app: web.Application):
+        server.loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=server.load, name="moshi-model", daemon=True)
+        thread.start()
+        yield
+        with server.lock:
+            server.stopping = True
+            server.lock.notify_all()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/api/chat", chat)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# --- Building the model ------------------------------------------------------------------
+def slots_for_gpu(device: str, measure_slot_bytes) -> tuple[int, str]:
+    """As many slots as the GPU's free memory holds, keeping GPU_HEADROOM of it free."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    per_slot = measure_slot_bytes()
+    slots = max(1, min(MAX_SLOTS_AUTO, int((free - GPU_HEADROOM * total) // max(per_slot, 1))))
+    return slots, f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured"
+
+
+def builder(settings: Settings, weights: dict[str, Path | None], config_path: Path, half: bool):
+    """The `build` for VoiceServer: moshi's loaders on the service's weights, as moshi.server loads them."""
+
+    def build():
+        import torch
+        from moshi.models import LMGen, loaders
+        from moshi.run_inference import get_condition_tensors
+
+        torch.set_grad_enabled(False)
+        cuda = settings.device.startswith("cuda")
+        # bf16 (or fp16 with --half) on a GPU as moshi.server; float32 on CPU, where bf16 is slow.
+        dtype = (torch.float16 if half else torch.bfloat16) if cuda else torch.float32
+        info = loaders.CheckpointInfo.from_hf_repo(
+            "local/unused", weights["moshi"], weights["mimi"], weights["tokenizer"], config_path=config_path
+        )
+        log.info("loading mimi and moshi on %s", settings.device)
+        mimi = info.get_mimi(device=settings.device)
+        lm = info.get_moshi(device=settings.device, dtype=dtype)
+        gen_config = dict(info.lm_gen_config, support_out_of_sync=True)
+        if settings.greedy:
+            gen_config["use_sampling"] = False
+
+        def lm_gen_for(batch: int) -> LMGen:
+            conditions = get_condition_tensors(info.model_type, lm, batch_size=batch, cfg_coef=1.0)
+            return LMGen(lm, condition_tensors=conditions, **gen_config)
+
+        slots = settings.slots
+        if not slots:
+            slots, how = slots_for_gpu(settings.device, lambda: slot_bytes(mimi, lm_gen_for)) if cuda else (1, "CPU")
+            log.info("slots: %d (%s)", slots, how)
+        engine = SlotEngine(mimi, lm_gen_for(slots), slots, settings.device)
+        warm_up(engine)
+        return engine, info.get_text_tokenizer()
+
+    return build
+
+
+def slot_bytes(mimi, lm_gen_for) -> int:
+    """GPU memory one slot's streaming state takes (KV caches, codec state), measured."""
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    gen = lm_gen_for(1)
+    with mimi.streaming(1), gen.streaming(1):
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated() - before
+
+
+def warm_up(engine: SlotEngine) -> None:
+    """A few frames of silence in every slot (CUDA graphs are captured here), then all reset."""
+    import numpy as np
+
+    silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+    every = range(engine.slots)
+    for i in range(4):
+        engine.tick(dict.fromkeys(every, silence), set(every) if i == 0 else set())
+    engine.reset(list(every))
+
+
+def serve(settings: Settings, build) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    context = None
+    if settings.ssl_dir:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.path.join(settings.ssl_dir, "cert.pem"), os.path.join(settings.ssl_dir, "key.pem"))
+    web.run_app(make_app(VoiceServer(settings, build)), host=settings.host, port=settings.port, ssl_context=context)
