@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from myca_ops.lab.processes import free_port
-from myca_ops.voice.protocol import AUDIO, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.probe import SEND_FRAME, chat_session, speech_like
+from myca_ops.voice.protocol import AUDIO, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 
 SLOTS = 2
 
@@ -164,7 +164,11 @@ def health(base: str) -> tuple[int, dict]:
 def metric(base: str, name: str) -> float:
     with urllib.request.urlopen(f"http://{base}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
 
 
 def pages(audio: np.ndarray) -> list[bytes]:
@@ -316,7 +320,7 @@ def test_a_client_that_stops_reading_loses_its_answers_not_the_others_time(batch
 
     async def scenario():
         async def feed_slow():  # sends 12 s of speech in real time, reads nothing
-            for i, page in enumerate(slow_pages):
+            for page in slow_pages:
                 await asyncio.get_running_loop().sock_sendall(slow, client_frame(page))
                 await asyncio.sleep(SEND_FRAME / SAMPLE_RATE)
 

@@ -14,6 +14,7 @@ passed for that slot.  Not thread-safe: one thread calls :meth:`SlotEngine.tick`
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from myca_ops.voice.protocol import FRAME_SAMPLES
@@ -37,10 +38,15 @@ class SlotEngine:
             # Without it LMGen answers None for every slot while any one is in its delay.
             raise ValueError("the LMGen must be made with support_out_of_sync=True")
         self.max_delay = lm_gen.max_delay
-        mimi.streaming_forever(slots)
-        lm_gen.streaming_forever(slots)
+        self._streaming = ExitStack()  # the slots' state lives until close()
+        self._streaming.enter_context(mimi.streaming(slots))
+        self._streaming.enter_context(lm_gen.streaming(slots))
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
+
+    def close(self) -> None:
+        """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
+        self._streaming.close()
 
     def _mask(self, members) -> object:
         mask = self.torch.zeros(self.slots, dtype=self.torch.bool)

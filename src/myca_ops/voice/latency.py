@@ -172,11 +172,14 @@ def _triton_version() -> str | None:
         return None
 
 
-def run_mode(mode: str, args: list[str], timeout: float) -> dict:
-    """Measure one mode in a fresh interpreter, with exactly that mode's switches set."""
+def run_mode(
+    mode: str, args: list[str], timeout: float, program: tuple[str, ...] = ("-m", "myca_ops.voice.latency")
+) -> dict:
+    """Measure one mode in a fresh interpreter, with exactly that mode's switches set: `program`
+    (this module, or a benchmark script) runs with ``--one-mode MODE`` and prints one JSON line."""
     env = {k: v for k, v in os.environ.items() if k not in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH")}
     env.update(MODE_ENV[mode])
-    cmd = [sys.executable, "-m", "myca_ops.voice.latency", "--one-mode", mode, *args]
+    cmd = [sys.executable, *program, "--one-mode", mode, *args]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from myca_ops.voice.engine import STAGES, SlotEngine
+from myca_ops.voice.engine import SlotEngine
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.stats import percentile
 
@@ -89,7 +89,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         buckets = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.4)
-        self.tick = Histogram("myca_moshi_tick_seconds", "One model tick, per stage", ["stage"], buckets=buckets, registry=r)
+        self.tick = Histogram(
+            "myca_moshi_tick_seconds", "One model tick, per stage", ["stage"], buckets=buckets, registry=r
+        )
         self.frames = Counter("myca_moshi_frames", "80 ms frames stepped", registry=r)
         self.late = Counter(
             "myca_moshi_frames_late", "Frames answered more than 80 ms after their audio was complete", registry=r
@@ -348,7 +350,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
         server.release(session)
         sender.cancel()
         m.sessions.labels(outcome).inc()
-        log.info("session in slot %d from %s ended (%s, %d answer frames dropped)", session.slot, peer, outcome, session.dropped)
+        log.info(
+            "session in slot %d from %s ended (%s, %d answer frames dropped)",
+            session.slot,
+            peer,
+            outcome,
+            session.dropped,
+        )
     return ws
 
 
