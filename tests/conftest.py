@@ -1,5 +1,7 @@
+import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,24 @@ def lab_weights() -> Path:
     return generate(ROOT / ".lab" / "weights")
 
 
+def launch_moshi(weights: Path, log: Path, **settings: str) -> tuple[subprocess.Popen, int]:
+    """myca-moshi serving on CPU with `weights` on a free port, its output in `log`; MYCA_MOSHI_* `settings` added."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        MYCA_MOSHI_DEVICE="cpu",
+        MYCA_MOSHI_PORT=str(port),
+        MYCA_MOSHI_WEIGHTS_DIR=str(weights),
+        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+        **settings,
+    )
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return server, port
+
+
 @pytest.fixture(scope="session")
 def moshi_server(lab_weights, tmp_path_factory):
     """The real moshi.server (moshi_server: upstream), started by myca-moshi on CPU with the lab weights: (url, log path)."""
@@ -70,21 +90,9 @@ def moshi_server(lab_weights, tmp_path_factory):
 
     from myca_ops.voice.probe import wait_for_handshake
 
-    port = free_port()
-    env = dict(
-        os.environ,
-        MYCA_MOSHI_DEVICE="cpu",
-        MYCA_MOSHI_PORT=str(port),
-        MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
-        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
-        MYCA_MOSHI_SERVER="upstream",
-        NO_CUDA_GRAPH="1",
-    )  # a stray switch the launcher must clear
     log = tmp_path_factory.mktemp("moshi") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    # NO_CUDA_GRAPH: a stray switch the launcher must clear.
+    server, port = launch_moshi(lab_weights, log, MYCA_MOSHI_SERVER="upstream", NO_CUDA_GRAPH="1")
     url = f"ws://127.0.0.1:{port}/api/chat"
     try:
         wait_for_handshake(url, 180)
@@ -93,6 +101,26 @@ def moshi_server(lab_weights, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def raw_websocket(base: str, rcvbuf: int = 4096) -> socket.socket:
+    """A websocket opened by hand on a plain socket with a small receive buffer: a client that
+    can stop reading at will. `base` is host:port, with or without http://."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: it sets the window
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /api/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
 
 
 @pytest.fixture(scope="session")

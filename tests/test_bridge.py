@@ -1,12 +1,9 @@
 """The bridge as a real process in front of a real upstream (an echo speaking the protocol, and moshi.server)."""
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +13,7 @@ import urllib.request
 import aiohttp
 import pytest
 
+from conftest import raw_websocket
 from myca_ops.bridge.config import BridgeConfig, ConfigError
 from myca_ops.lab.processes import bridge, echo_upstream
 
@@ -95,23 +93,6 @@ def test_token_and_origin_are_checked_before_the_upgrade(tmp_path, upstream):
         assert asyncio.run(status_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
         evil = {"Origin": "https://evil.example", "Authorization": "Bearer " + TOKEN}
         assert asyncio.run(status_of(base, headers=evil)) == 403
-
-
-def raw_websocket(base: str, rcvbuf: int = 4096) -> socket.socket:
-    """A websocket opened by hand on a plain socket: a client that can stop reading at will."""
-    host, port = base.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /api/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
 
 
 def client_frame(payload: bytes, declared: int | None = None) -> bytes:

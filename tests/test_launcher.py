@@ -66,6 +66,29 @@ def test_broken_config_names_the_file(tmp_path):
         launcher.resolve_weights(tmp_path)
 
 
+def test_an_unknown_server_is_refused_before_anything_loads(capsys, monkeypatch):
+    monkeypatch.setattr(launcher, "resolve_weights", lambda _: pytest.fail("weights looked up"))
+    monkeypatch.setenv("MYCA_MOSHI_SERVER", "vllm")
+    assert launcher.main(["serve"]) == 2
+    assert "MYCA_MOSHI_SERVER is 'vllm'; expected one of batched, upstream (moshi_server)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MYCA_MOSHI_SLOTS": "two"}, "MYCA_MOSHI_SLOTS must be a whole number, got 'two'"),
+        ({"MYCA_MOSHI_SLOTS": "-1"}, "MYCA_MOSHI_SLOTS must be 0 or more, got -1"),
+        ({"MYCA_MOSHI_PORT": "8998.5"}, "MYCA_MOSHI_PORT must be a whole number"),
+    ],
+)
+def test_batched_server_settings_name_the_bad_variable(env, message):
+    from myca_ops.voice.server import Settings
+
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env, "cpu")
+    assert Settings.from_env({"MYCA_MOSHI_SLOTS": "3"}, "graphs").slots == 3
+
+
 def test_server_arguments(tmp_path):
     weights = {"moshi": tmp_path / "m", "mimi": tmp_path / "mi", "tokenizer": tmp_path / "t", "config": None}
     env = {

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from myca_ops.lab.processes import free_port
+from conftest import launch_moshi, raw_websocket
 from myca_ops.voice.probe import SEND_FRAME, chat_session, speech_like
 from myca_ops.voice.protocol import AUDIO, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 
@@ -121,23 +117,15 @@ def test_a_slot_gets_exactly_what_moshi_server_computes_for_the_same_input(check
 @pytest.fixture(scope="module")
 def batched(lab_weights, tmp_path_factory):
     """myca-moshi serving the batched server on CPU: 2 slots, greedy, small send buffers. (base URL, log)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        MYCA_MOSHI_DEVICE="cpu",
-        MYCA_MOSHI_PORT=str(port),
-        MYCA_MOSHI_WEIGHTS_DIR=str(lab_weights),
-        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+    log = tmp_path_factory.mktemp("batched") / "server.log"
+    server, port = launch_moshi(
+        lab_weights,
+        log,
         MYCA_MOSHI_SERVER="batched",
         MYCA_MOSHI_SLOTS=str(SLOTS),
         MYCA_MOSHI_GREEDY="1",
         MYCA_MOSHI_SEND_BUFFER_BYTES="2048",
     )
-    log = tmp_path_factory.mktemp("batched") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     base = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -285,25 +273,6 @@ def test_a_reused_slot_starts_clean_and_a_third_caller_is_told_busy(batched, sol
     assert again == solo_answers["speech"]
 
 
-def raw_websocket(base: str, rcvbuf: int = 2048) -> socket.socket:
-    """A client that can stop reading: a plain socket with a small receive buffer, after the upgrade."""
-    host, port = base.split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /api/chat HTTP/1.1\r\nHost: {base}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    assert sock.recv(3) == bytes([0x82, 1, HANDSHAKE])  # a binary frame holding the handshake byte
-    return sock
-
-
 def client_frame(payload: bytes) -> bytes:
     """One masked binary websocket frame (RFC 6455), as a client must send it."""
     mask = os.urandom(4)
@@ -315,7 +284,8 @@ def client_frame(payload: bytes) -> bytes:
 def test_a_client_that_stops_reading_loses_its_answers_not_the_others_time(batched, solo_answers):
     base, _ = batched
     dropped_before = metric(base, 'myca_moshi_dropped_frames_total{direction="out"}')
-    slow = raw_websocket(base)
+    slow = raw_websocket(base, rcvbuf=2048)
+    assert slow.recv(3) == bytes([0x82, 1, HANDSHAKE])  # a binary frame holding the handshake byte
     slow_pages = pages(speech_like(12.0, seed=9))
 
     async def scenario():
