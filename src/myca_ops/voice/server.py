@@ -161,7 +161,6 @@ class VoiceServer:
         self.metrics = Metrics()
         self.engine: SlotEngine | None = None
         self.tokenizer = None
-        self.load_error: str | None = None
         self.sessions: list[Session | None] = []
         self.generation: list[int] = []
         self.lock = threading.Condition()
@@ -174,10 +173,12 @@ class VoiceServer:
     def load(self) -> None:
         try:
             self.engine, self.tokenizer = self.build()
-        except Exception as exc:  # shown by /healthz and the log; the service stays up to say why
-            self.load_error = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            # Exit non-zero at once: systemd restarts the unit and the role's wait reports the
+            # crash loop with these journal lines, instead of a server that never gets ready.
             log.exception("loading the model failed")
-            return
+            logging.shutdown()
+            os._exit(2)
         slots = self.engine.slots
         self.sessions = [None] * slots
         self.generation = [0] * slots
@@ -291,9 +292,7 @@ class VoiceServer:
             },
             "budget_ms": FRAME_BUDGET_MS,
         }
-        if self.load_error:
-            body.update(ok=False, status="failed", error=f"loading the model failed: {self.load_error}")
-        elif self.engine is None:
+        if self.engine is None:
             body.update(ok=False, status="loading")
         elif p99 is not None and p99 > FRAME_BUDGET_MS:
             body.update(ok=False, status="over budget")
