@@ -89,6 +89,34 @@ def test_batched_server_settings_name_the_bad_variable(env, message):
     assert Settings.from_env({"MYCA_MOSHI_SLOTS": "3"}, "graphs").slots == 3
 
 
+def test_a_failing_model_loop_ends_the_batched_server_with_the_cause():
+    """A tick that raises (CUDA out of memory) must end the process, not leave callers unanswered."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, threading, numpy as np
+from myca_ops.voice.server import Settings, VoiceServer
+class Engine:
+    slots = 1
+    def reset(self, slots): pass
+    def tick(self, frames, first): raise RuntimeError("CUDA out of memory (simulated)")
+server = VoiceServer(Settings(slots=1), lambda: (Engine(), None))
+server.loop = asyncio.new_event_loop()
+def a_frame_arrives():
+    with server.lock:
+        server.inbox.frames[0].append((np.zeros(1920, np.float32), 0.0))
+        server.lock.notify()
+threading.Timer(0.5, a_frame_arrives).start()
+server.load()
+print("still running")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "still running" not in out.stdout
+    assert "the model loop failed" in out.stderr and "CUDA out of memory (simulated)" in out.stderr
+
+
 def test_server_arguments(tmp_path):
     weights = {"moshi": tmp_path / "m", "mimi": tmp_path / "mi", "tokenizer": tmp_path / "t", "config": None}
     env = {

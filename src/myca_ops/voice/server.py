@@ -50,7 +50,7 @@ STATE = web.AppKey("state", "VoiceServer")
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8998
-    slots: int = 1  # 0: from the GPU's free memory
+    slots: int = 0  # 0: from the GPU's free memory (1 on CPU)
     send_queue: int = 25  # messages per session waiting to be sent (about 2 s of audio)
     # Bytes a client may leave unread (socket and write buffers) before its answers are dropped:
     # about 4 s of audio, so a client that stops reading never hears stale speech later.
@@ -154,6 +154,14 @@ class Inbox:
     resets: set = field(default_factory=set)  # slots to start afresh before their next frame
 
 
+def fail(what: str) -> None:
+    """Log the exception and end the process with exit 2 at once: systemd restarts the unit and the
+    role's wait reports a crash loop with these journal lines, never a server that answers nothing."""
+    log.exception(what)
+    logging.shutdown()
+    os._exit(2)
+
+
 class VoiceServer:
     def __init__(self, settings: Settings, build) -> None:
         """`build()` loads the model and returns (SlotEngine, text tokenizer); it runs off the event loop."""
@@ -174,18 +182,17 @@ class VoiceServer:
         try:
             self.engine, self.tokenizer = self.build()
         except Exception:
-            # Exit non-zero at once: systemd restarts the unit and the role's wait reports the
-            # crash loop with these journal lines, instead of a server that never gets ready.
-            log.exception("loading the model failed")
-            logging.shutdown()
-            os._exit(2)
+            fail("loading the model failed")
         slots = self.engine.slots
         self.sessions = [None] * slots
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
         self.metrics.slots_total.set(slots)
         log.info("ready: %d slot(s), mode %s on %s", slots, self.settings.mode, self.settings.device)
-        self.run_model()
+        try:
+            self.run_model()
+        except Exception:  # a CUDA error or out of memory: every session would wait forever
+            fail("the model loop failed")
 
     def run_model(self) -> None:
         engine, inbox = self.engine, self.inbox
@@ -306,7 +313,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     server: VoiceServer = request.app[STATE]
     m, settings = server.metrics, server.settings
-    ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
+    # timeout: how long a close waits for the client's answer (a busy caller's too).
+    ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024, timeout=2.0)
     await ws.prepare(request)
     if server.engine is None:
         m.sessions.labels("loading").inc()
