@@ -13,6 +13,8 @@ description:
     decodes the audio.
   - Reports the time to first audio, the audio received against wall time, the inter-arrival gaps
     and the underruns of the web client's 48 kHz playback buffer (1920 samples), with a verdict.
+  - With O(callers) above 1 it is a load test, N such callers at once with staggered starts, each
+    with its own figures and outcome (real-time, late, cut off, refused), and a summary.
 options:
   python:
     description: Interpreter of a venv with myca_ops, aiohttp, sphn and numpy (Moshi's venv has them).
@@ -36,8 +38,16 @@ options:
     description: Verify the TLS certificate (false for a self-signed lab certificate).
     type: bool
     default: true
+  callers:
+    description: Callers at once (a load test); 1 is a single probe.
+    type: int
+    default: 1
+  stagger_s:
+    description: Seconds between the callers' starts in a load test.
+    type: float
+    default: 0.5
   require_realtime:
-    description: Fail when the verdict is not real-time.
+    description: Fail when the verdict is not real-time (in a load test, when any caller is not served in real time).
     type: bool
     default: false
   timeout:
@@ -51,7 +61,8 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - Moshi serves one session at a time; a probe against a busy server waits for the handshake.
+  - moshi.server serves one session at a time; a probe against it while busy waits for the handshake. The batched
+    server and the bridge close a caller they have no slot for (1013), and the probe reports it refused.
 author: myca-ops
 """
 
@@ -65,7 +76,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 realtime:
-  description: Audio kept up (no underrun, at least 0.95x real time); null in check mode.
+  description: Audio kept up (no underrun, at least 0.95x real time); null in check mode. In a load test, every caller did.
   returned: success
   type: bool
   sample: true
@@ -80,28 +91,28 @@ url:
   type: str
   sample: ws://127.0.0.1:8998/api/chat
 handshake_ms:
-  description: Time to the 0x00 handshake byte.
-  returned: success
+  description: Time to the 0x00 handshake byte (through HAProxy, the wait in its queue included).
+  returned: a single probe
   type: float
   sample: 4.2
 first_audio_ms:
   description: Time from the first audio sent to the first audio received.
-  returned: success
+  returned: a single probe
   type: float
   sample: 218.0
 underruns:
   description: Times the web client's playback buffer would have run dry.
-  returned: success
+  returned: a single probe
   type: int
   sample: 0
 audio_messages:
   description: Audio messages received.
-  returned: success
+  returned: a single probe
   type: int
   sample: 49
 gap_ms:
   description: Inter-arrival gaps of the audio messages.
-  returned: success
+  returned: a single probe
   type: dict
   contains:
     count: {description: Gaps measured., type: int, sample: 48}
@@ -109,6 +120,19 @@ gap_ms:
     p95: {description: 95th percentile in ms., type: float, sample: 84.0}
     p99: {description: 99th percentile in ms., type: float, sample: 90.2}
     max: {description: Longest gap in ms., type: float, sample: 95.0}
+callers:
+  description: >-
+    A load test's callers, each with the single probe's figures plus C(caller), C(start_s), C(outcome),
+    C(arrival_s) and C(underrun_s) (seconds after its first send), and C(close_code) when refused or cut off.
+  returned: a load test
+  type: list
+  elements: dict
+  sample: [{caller: 0, start_s: 0.0, outcome: real-time, handshake_ms: 21.0, first_audio_ms: 230.0, underruns: 0}]
+summary:
+  description: Callers per outcome.
+  returned: a load test
+  type: dict
+  sample: {real-time: 3, late: 1, cut off: 0, refused: 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -124,6 +148,8 @@ def main():
             cafile=dict(type="path"),
             token=dict(type="str", no_log=True),
             validate_certs=dict(type="bool", default=True),
+            callers=dict(type="int", default=1),
+            stagger_s=dict(type="float", default=0.5),
             require_realtime=dict(type="bool", default=False),
             timeout=dict(type="int", default=120),
         ),
@@ -134,10 +160,14 @@ def main():
         module.fail_json(msg="url must start with ws:// or wss://, got %s" % p["url"])
     if p["seconds"] <= 0:
         module.fail_json(msg="seconds must be positive")
+    if p["callers"] < 1 or p["stagger_s"] < 0:
+        module.fail_json(msg="callers must be at least 1 and stagger_s 0 or more")
     args = ["-m", "myca_ops.voice.probe", "--url", p["url"], "--seconds", str(p["seconds"])]
     args += ["--cafile", p["cafile"]] if p["cafile"] else []
     args += [] if p["validate_certs"] else ["--insecure"]
     args += ["--handshake-only"] if module.check_mode else []
+    if p["callers"] > 1 and not module.check_mode:
+        args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"])]
     result = run_json(module, p["python"], args, p["timeout"], env={"MYCA_PROBE_TOKEN": p["token"] or ""})
     if result["error"]:
         module.fail_json(msg=result["error"], **result)

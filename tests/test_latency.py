@@ -95,7 +95,8 @@ def test_voice_probe_module_streams_voice(run_module, moshi_server):
     assert result["audio_messages"] > 0
     assert isinstance(result["realtime"], bool) and result["cause"]
     returns = module_doc("moshi_voice_probe")["return"]
-    assert set(returns) <= set(result), "a documented return value is missing"
+    single = {key for key, doc in returns.items() if doc["returned"] != "a load test"}
+    assert single <= set(result), "a documented return value is missing"
     assert set(returns["gap_ms"]["contains"]) == set(result["gap_ms"])
 
 

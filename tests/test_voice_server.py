@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -307,3 +308,31 @@ def test_a_client_that_stops_reading_loses_its_answers_not_the_others_time(batch
         slow.close()
     assert answers == solo_answers["speech"]  # all of them, the same as alone
     assert metric(base, 'myca_moshi_dropped_frames_total{direction="out"}') > dropped_before
+
+
+def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched, run_module, tmp_path):
+    """moshi_voice_probe with callers: two are served, the third is refused with the server's own words,
+    and the timeline picture is drawn from the result."""
+    from conftest import module_doc
+    from myca_ops.runner import timeline
+
+    base, _ = batched
+    args = {"python": sys.executable, "url": f"ws://{base}/api/chat", "seconds": 2, "callers": 3, "stagger_s": 0.3}
+    result = run_module("moshi_voice_probe", args)
+    callers = result["callers"]
+    assert [c["caller"] for c in callers] == [0, 1, 2]
+    assert [c["outcome"] for c in callers[:2]] != ["refused", "refused"]
+    assert all(c["outcome"] in ("real-time", "late") for c in callers[:2]), callers[:2]
+    assert all(c["audio_messages"] > 0 and len(c["arrival_s"]) > 0 for c in callers[:2])
+    refused = callers[2]
+    assert refused["outcome"] == "refused" and refused["close_code"] == 1013
+    assert refused["close_reason"] == f"all {SLOTS} slots busy"
+    assert result["summary"]["refused"] == 1 and sum(result["summary"].values()) == 3
+    assert result["realtime"] is False and "1 refused of 3 callers" in result["cause"]
+    load_test = {k for k, doc in module_doc("moshi_voice_probe")["return"].items() if doc["returned"] == "a load test"}
+    assert load_test <= set(result)
+
+    png = timeline.render(result, tmp_path / "loadtest.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    text = timeline.table(result)
+    assert "refused" in text and text.count("\n") == len(callers) + 2

@@ -168,6 +168,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     try:
         upstream = await connect_upstream(request, config, state)
         outcome, code, reason = await relay(ws, upstream, config, m)
+    except UpstreamBusy as exc:
+        outcome, code, reason = "busy", CLOSE_BUSY, str(exc)
     except UpstreamUnreachable as exc:
         outcome, code, reason = "upstream_error", CLOSE_UPSTREAM, str(exc)
     finally:
@@ -202,6 +204,10 @@ class UpstreamUnreachable(Exception):
     pass
 
 
+class UpstreamBusy(Exception):
+    """The upstream answered 503: HAProxy's queue timed out with every slot of the pool in use."""
+
+
 async def connect_upstream(request: web.Request, config: BridgeConfig, state: BridgeState):
     t0 = time.perf_counter()
     try:
@@ -212,6 +218,11 @@ async def connect_upstream(request: web.Request, config: BridgeConfig, state: Br
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
             autoping=True,
         )
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status == 503:
+            slots = f"all {config.upstream_slots} slots" if config.upstream_slots else "every slot"
+            raise UpstreamBusy(f"busy: {slots} in use; try again later") from exc
+        raise UpstreamUnreachable(f"upstream refused the websocket: HTTP {exc.status} {exc.message}") from exc
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
     state.metrics.connect.observe(time.perf_counter() - t0)

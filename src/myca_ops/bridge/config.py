@@ -23,6 +23,7 @@ class BridgeConfig:
     tokens: tuple[str, ...] = ()  # empty: no token needed
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     max_sessions: int = 1  # moshi.server serves one session at a time
+    upstream_slots: int = 0  # slots behind the upstream (a pool's total), named in "busy"; 0: not known
     idle_timeout_s: float = 60.0  # close a session when the client sends nothing for this long
     max_message_bytes: int = 65536
     connect_timeout_s: float = 10.0

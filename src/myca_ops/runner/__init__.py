@@ -45,6 +45,7 @@ class DeployResult:
     verify: dict | None = None  # the verify report (gpu_hosts, bridge_hosts, mas_hosts rows) when verify ran
     events: int = 0
     failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed task
+    loadtest: dict | None = None  # the load test (moshi_voice_probe with callers) when one ran
 
     @property
     def changed(self) -> int:
@@ -75,6 +76,7 @@ class DeployResult:
             "failures": self.failures,
             "not_realtime": self.not_realtime(),
             "verify": self.verify,
+            "loadtest": self.loadtest,
             "artifact_dir": str(self.artifact_dir),
         }
 
@@ -165,6 +167,7 @@ def deploy(
     ):
         for host, n in (stats.get(key) or {}).items():
             setattr(hosts.setdefault(host, HostResult()), attr, n)
-    report = artifacts / "report" / "verify.json"
+    report, load = artifacts / "report" / "verify.json", artifacts / "report" / "loadtest.json"
     verify = json.loads(report.read_text()) if report.exists() else None
-    return DeployResult(runner.rc, runner.status, hosts, artifacts, verify, count, failures)
+    loadtest = json.loads(load.read_text()) if load.exists() else None
+    return DeployResult(runner.rc, runner.status, hosts, artifacts, verify, count, failures, loadtest)

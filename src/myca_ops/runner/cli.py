@@ -3,6 +3,7 @@
     myca-ops deploy ENV [--limit HOSTS] [--tags T,..] [--check] [-e k=v] [--json]
     myca-ops verify ENV [--json]
     myca-ops status ENV [--json]
+    myca-ops loadtest ENV [--callers N] [--seconds T] [--json]
 
 ENV is an inventory under inventory/ (lab, wsl2, cloud, production) or a path to one.
 Exit codes: 0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts.
@@ -17,7 +18,12 @@ import threading
 
 from myca_ops.runner import DeployResult, RunnerError, deploy
 
-PLAYBOOKS = {"deploy": "site.yml", "verify": "playbooks/verify.yml", "status": "playbooks/status.yml"}
+PLAYBOOKS = {
+    "deploy": "site.yml",
+    "verify": "playbooks/verify.yml",
+    "status": "playbooks/status.yml",
+    "loadtest": "playbooks/loadtest.yml",
+}
 RESULT_EVENTS = {
     "runner_on_ok": "ok",
     "runner_on_failed": "FAILED",
@@ -96,6 +102,11 @@ def summary(result: DeployResult) -> str:
         lines.append(
             f"verify {row['host']} (MAS): status {row['status']}, collectors {row['collectors_running']}/{row['collectors']}"
         )
+    if result.loadtest:
+        from myca_ops.runner.timeline import table
+
+        lines.append(table(result.loadtest))
+        lines.append(f"timeline: {result.artifact_dir / 'report' / 'loadtest.png'}")
     lines.append(f"{result.status} (exit {result.exit_code()}); artifacts in {result.artifact_dir}")
     return "\n".join(lines)
 
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ("deploy", "converge site.yml and verify"),
         ("verify", "measure only"),
         ("status", "the stack's status"),
+        ("loadtest", "many callers at once through the bridge"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("env", help="inventory name (lab, wsl2, cloud, production) or path")
@@ -117,9 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--tags", help="comma-separated tags")
             cmd.add_argument("--check", action="store_true", help="change nothing, show what would change")
             cmd.add_argument("-e", "--extra-var", action="append", default=[], metavar="K=V")
+        if name == "loadtest":
+            cmd.add_argument("--callers", type=int, help="callers at once (default: the pool's slots)")
+            cmd.add_argument("--seconds", type=float, default=10, help="seconds of speech each caller sends")
     args = parser.parse_args(argv)
 
     extravars = {}
+    if args.command == "loadtest":
+        if args.callers is not None and args.callers < 1 or args.seconds <= 0:
+            parser.error("--callers must be at least 1 and --seconds positive")
+        extravars["loadtest_seconds"] = args.seconds
+        if args.callers is not None:
+            extravars["loadtest_callers"] = args.callers
     for item in getattr(args, "extra_var", []):
         key, sep, value = item.partition("=")
         if not sep:

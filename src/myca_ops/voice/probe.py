@@ -6,6 +6,10 @@ Underruns are counted against the web client's playback: 48 kHz, a buffer of 192
 that must fill before playing and stalls when it runs dry.
 
     python -m myca_ops.voice.probe --url ws://127.0.0.1:8998/api/chat --seconds 10
+    python -m myca_ops.voice.probe --url ws://127.0.0.1:8999/api/chat --callers 8   # a load test
+
+With ``--callers N`` it is a load test: N such callers, each starting ``--stagger`` seconds
+after the one before, and a summary: served in real time, served late, cut off, refused.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ PLAYBACK_BUFFER = 1920  # samples at 48 kHz the web client buffers before playin
 REALTIME_MIN_RATIO = 0.95  # audio received / wall time, once audio flows
 LEAD_S = 0.24  # audio the server never answers: its first input frame and the LM's 2-step delay
 MAX_FIRST_AUDIO_MS = 1000  # Kyutai: 160 ms in theory, about 200 ms in practice
+OUTCOMES = ("real-time", "late", "cut off", "refused")
 
 
 def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
@@ -46,23 +51,37 @@ def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
     return audio.astype(np.float32)
 
 
+class Refused(ConnectionError):
+    """The server closed the websocket instead of sending the handshake (busy, loading)."""
+
+    def __init__(self, url: str, code: int | None, reason: str) -> None:
+        super().__init__(f"{url} refused the session: close {code} {reason!r}")
+        self.code, self.reason = code, reason
+
+
 def count_underruns(
     arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAYBACK_BUFFER, rate: int = PLAYBACK_RATE
 ) -> int:
-    """Times playback runs dry.  `arrivals`: (seconds, samples at `rate`) in arrival order.
+    return len(underrun_times(arrivals, prebuffer, rate))
+
+
+def underrun_times(
+    arrivals: Sequence[tuple[float, int]], prebuffer: int = PLAYBACK_BUFFER, rate: int = PLAYBACK_RATE
+) -> list[float]:
+    """When playback runs dry.  `arrivals`: (seconds, samples at `rate`) in arrival order.
 
     Like the web client: once `prebuffer` samples are queued, playback starts after that
     cushion (1920 samples = 40 ms at 48 kHz) and drains at `rate`.  Running dry before the
     next arrival is one underrun; playback then waits to refill the same way.  The end of
     the stream is not an underrun.
     """
-    underruns = 0
+    underruns = []
     playing = False
     queued = 0.0  # samples queued when not playing
     play_end = 0.0  # when playing: the time the queue runs dry
     for t, samples in arrivals:
         if playing and t > play_end:
-            underruns += 1
+            underruns.append(play_end)
             playing, queued = False, 0.0
         if playing:
             play_end += samples / rate
@@ -76,6 +95,11 @@ def count_underruns(
 def verdict(result: dict) -> tuple[bool, str]:
     if result.get("error"):
         return False, result["error"]
+    if result.get("close_code") is not None:
+        return False, (
+            f"the server ended the session: close {result['close_code']} {result['close_reason']!r} "
+            f"after {result['audio_received_s']:.2f}s of audio"
+        )
     if result["audio_messages"] == 0:
         return False, f"no audio came back in {result['wall_s']:.1f}s of streaming"
     expected = max(result["sent_s"] - LEAD_S, 0.08)
@@ -118,6 +142,8 @@ async def chat_session(
             headers={"Authorization": f"Bearer {token}"} if token else None,
         ) as ws:
             first = await ws.receive(timeout=timeout)
+            if first.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                raise Refused(url, ws.close_code, str(first.extra or ""))
             if first.type != aiohttp.WSMsgType.BINARY or first.data[:1] != bytes([HANDSHAKE]):
                 raise ConnectionError(f"no handshake from {url}: got {first.type.name} {str(first.data)[:60]}")
             yield ws
@@ -143,9 +169,43 @@ async def probe(
             result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
                 result.update(await _stream(ws, sphn, seconds, drain_s))
+    except Refused as exc:
+        result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason)
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
         result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
     return result
+
+
+async def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwargs) -> dict:
+    """`callers` probes at once, each starting `stagger_s` after the one before: who was served in
+    real time, late, cut off (the server closed mid-talk) or refused (no handshake)."""
+    t0 = time.perf_counter()
+
+    async def caller(i: int) -> dict:
+        await asyncio.sleep(i * stagger_s)
+        start = time.perf_counter() - t0
+        result = await probe(url, seconds, **kwargs)
+        result.update(caller=i, start_s=round(start, 3))
+        if "handshake_ms" not in result:
+            result.update(outcome="refused", realtime=False, cause=result["error"])
+            return result
+        result["realtime"], result["cause"] = verdict(result)
+        if result.get("close_code") is not None:
+            result["outcome"] = "cut off"
+        else:
+            result["outcome"] = "real-time" if result["realtime"] else "late"
+        return result
+
+    results = list(await asyncio.gather(*(caller(i) for i in range(callers))))
+    counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
+    return {
+        "url": url,
+        "callers": results,
+        "summary": counts,
+        "error": None,
+        "realtime": counts["real-time"] == callers,
+        "cause": ", ".join(f"{n} {o}" for o, n in counts.items()) + f" of {callers} callers",
+    }
 
 
 def wait_for_handshake(
@@ -186,8 +246,17 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
     other_kinds: dict[int, int] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
 
+    closed: list = []  # (code, reason) when the server ends the session first
+
     async def receive() -> None:
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.CLOSE:
+                closed.append((msg.data, str(msg.extra or "")))
+                return
+            if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                closed.append((ws.close_code, str(msg.type.name)))
+                return
             if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
                 continue
             now = time.perf_counter() - t0
@@ -206,7 +275,12 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         delay = t0 + offset - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        await ws.send_bytes(page)
+        if closed:  # the server is gone: nothing more to send
+            break
+        try:
+            await ws.send_bytes(page)
+        except (ConnectionError, aiohttp.ClientError):
+            break
     # Keep reading while answers still come (a slow server works through its backlog),
     # until `drain_s` passes without one, or a hard cap.
     hard_stop = time.perf_counter() + max(5.0, seconds)
@@ -220,6 +294,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
 
     audio_samples = sum(n for _, n in arrivals)
     decoded = [(t, n) for t, n in arrivals if n > 0]
+    underruns = underrun_times([(t, n * PLAYBACK_RATE // SAMPLE_RATE) for t, n in decoded])
     gaps = [(b[0] - a[0]) * 1000 for a, b in zip(decoded, decoded[1:], strict=False)]
     first = decoded[0][0] if decoded else None
     audio_wall = (decoded[-1][0] - first) + decoded[-1][1] / SAMPLE_RATE if decoded else 0.0
@@ -234,7 +309,12 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         "realtime_ratio": round(received_s / audio_wall, 3) if audio_wall else 0.0,
         "first_audio_ms": round(first * 1000, 1) if first is not None else None,
         "gap_ms": summary(gaps, 1),
-        "underruns": count_underruns([(t, n * PLAYBACK_RATE // SAMPLE_RATE) for t, n in decoded]),
+        "underruns": len(underruns),
+        "underrun_s": [round(t, 3) for t in underruns],
+        "arrival_s": [round(t, 3) for t, _ in decoded],
+        # Set when the server ended the session before the caller did (a Moshi that died).
+        "close_code": closed[0][0] if closed else None,
+        "close_reason": closed[0][1] if closed else None,
         "text_pieces": len(texts),
         "text": "".join(texts)[:200],
         "other_kinds": other_kinds,
@@ -258,14 +338,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile")
     parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     parser.add_argument("--handshake-only", action="store_true")
+    parser.add_argument("--callers", type=int, default=1, help="a load test: this many callers at once")
+    parser.add_argument("--stagger", type=float, default=0.5, help="seconds between the callers' starts")
     args = parser.parse_args(argv)
+    token = os.environ.get("MYCA_PROBE_TOKEN") or None  # from the environment: argv is visible to every user
+    if args.callers > 1:
+        tls = {"cafile": args.cafile, "verify_tls": not args.insecure, "token": token}
+        result = asyncio.run(crowd(args.url, args.callers, args.seconds, args.stagger, **tls))
+        print(json.dumps(result, indent=2))
+        return 0
     result = run(
         args.url,
         args.seconds,
         cafile=args.cafile,
         verify_tls=not args.insecure,
         handshake_only=args.handshake_only,
-        token=os.environ.get("MYCA_PROBE_TOKEN") or None,  # from the environment: argv is visible to every user
+        token=token,
     )
     print(json.dumps(result, indent=2))
     return 1 if result["error"] else 0

@@ -1,0 +1,96 @@
+"""A load test as a picture: one row per caller, waiting and talking, each underrun marked.
+
+    python -m myca_ops.runner.timeline reports/loadtest.json reports/loadtest.png
+
+Made on the control node (matplotlib) from what ``moshi_voice_probe`` with ``callers`` returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from myca_ops.voice.probe import OUTCOMES
+from myca_ops.voice.protocol import FRAME_BUDGET_MS
+
+COLOURS = dict(zip(OUTCOMES, ("#2e7d32", "#f9a825", "#c62828", "#757575"), strict=True))
+
+
+def render(load: dict, dest: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    callers = load["callers"]
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(callers)))
+    for row, c in enumerate(callers):
+        y = len(callers) - 1 - row
+        start = c["start_s"]
+        waited = (c.get("handshake_ms") or 0) / 1000
+        colour = COLOURS[c["outcome"]]
+        if c["outcome"] == "refused":
+            ax.barh(y, max(c.get("wall_s") or 0.0, 0.05), left=start, color=colour, height=0.5)
+            ax.text(start, y, f"  refused: close {c.get('close_code')}", va="center", fontsize=8)
+            continue
+        talk = start + waited
+        ax.barh(y, waited, left=start, color="#bdbdbd", height=0.5)  # waiting for a slot
+        arrivals = c.get("arrival_s") or []
+        ax.barh(y, (arrivals[-1] if arrivals else 0) + 0.08, left=talk, color=colour, height=0.5)
+        gaps = [b for a, b in zip(arrivals, arrivals[1:], strict=False) if (b - a) * 1000 > 2 * FRAME_BUDGET_MS]
+        ax.plot([talk + t for t in gaps], [y + 0.3] * len(gaps), "v", color="#ef6c00", markersize=4)
+        under = c.get("underrun_s") or []
+        ax.plot([talk + t for t in under], [y] * len(under), "x", color="black", markersize=6)
+    ax.set_yticks(range(len(callers)), [f"caller {c['caller']}" for c in reversed(callers)])
+    ax.set_xlabel("seconds since the first caller")
+    counts = ", ".join(f"{load['summary'].get(o, 0)} {o}" for o in OUTCOMES)
+    ax.set_title(
+        f"{len(callers)} callers: {counts}\n"
+        f"grey: waiting for a slot; bar: talking (colour = verdict); x: underrun; "
+        f"v: audio gap over 2 frames ({2 * FRAME_BUDGET_MS:.0f} ms)",
+        fontsize=9,
+    )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
+    ax.legend(handles, COLOURS, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
+    return dest
+
+
+def table(load: dict) -> str:
+    head = (
+        f"{'caller':>6} {'start':>6} {'waited':>8} {'1st audio':>10} {'gap p99':>8} {'under':>5} {'close':>6}  outcome"
+    )
+    lines = [head, "-" * len(head)]
+    for c in load["callers"]:
+        gap = (c.get("gap_ms") or {}).get("p99")
+        lines.append(
+            f"{c['caller']:>6} {c['start_s']:>5.1f}s "
+            f"{_ms(c.get('handshake_ms')):>8} {_ms(c.get('first_audio_ms')):>10} {_ms(gap):>8} "
+            f"{c.get('underruns', '-'):>5} {str(c.get('close_code') or '-'):>6}  {c['outcome']}"
+        )
+    lines.append(f"{load['cause']} ({load['url']})")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("result", type=Path, help="the load test's JSON (moshi_voice_probe with callers)")
+    parser.add_argument("png", type=Path)
+    args = parser.parse_args(argv)
+    load = json.loads(args.result.read_text())
+    print(table(load))
+    print(f"timeline: {render(load, args.png)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
