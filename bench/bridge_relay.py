@@ -1,12 +1,14 @@
 """Latency the bridge adds to each message, against a direct connection and HAProxy.
 
 M sessions each send 12.5 audio messages/s (Ogg pages of four 20 ms Opus frames: 200 to
-800 bytes) to an echo upstream speaking Moshi's protocol, three ways in one run: direct,
-through the bridge, and through HAProxy (Debian's package) as a plain websocket proxy.
+800 bytes) to an echo upstream speaking Moshi's protocol, four ways in one run: direct,
+through the bridge, through HAProxy (Debian's package) as a plain websocket proxy, and
+through the bridge relaying to HAProxy (a pool's path: bridge -> moshi_lb -> Moshi).
 The round trip of every message is timed on the client (on uvloop, like the bridge and the
 echo, so the harness takes as little of the 2 cores as it can); a proxy's added latency is
-its percentile minus the direct one.  The three are interleaved in rounds, so the machine's
-noise falls on all of them.  Target: the bridge adds at most 1 ms at p99 with 32 sessions.
+its percentile minus the direct one.  The four are interleaved in rounds, so the machine's
+noise falls on all of them.  Targets with 32 sessions: the bridge adds at most 1 ms at p99,
+the bridge and HAProxy together at most 1.5 ms.
 
     apt-get install haproxy   # once
     python bench/bridge_relay.py --sessions 32 --seconds 10 --rounds 3
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("haproxy"):
         print("haproxy is not installed: apt-get install haproxy", file=sys.stderr)
         return 1
-    rtts: dict[str, list[float]] = {"direct": [], "bridge": [], "haproxy": []}
+    rtts: dict[str, list[float]] = {"direct": [], "bridge": [], "haproxy": [], "bridge+lb": []}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         echo_url = stack.enter_context(echo_upstream(tmp))
@@ -105,10 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(
             process(["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")], proxy_port, tmp / "haproxy.log")
         )
+        proxy_url = f"ws://127.0.0.1:{proxy_port}/api/chat"
+        pooled_url = stack.enter_context(
+            bridge(
+                tmp, upstream=proxy_url, max_sessions=args.sessions * 2, max_connections_per_address=args.sessions * 2
+            )
+        )
         urls = {
             "direct": echo_url,
             "bridge": bridge_url.replace("http", "ws") + "/api/chat",
-            "haproxy": f"ws://127.0.0.1:{proxy_port}/api/chat",
+            "haproxy": proxy_url,
+            "bridge+lb": pooled_url.replace("http", "ws") + "/api/chat",
         }
         for round_ in range(args.rounds):
             for name, url in urls.items():
@@ -120,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     stats = {name: summary(values, digits=3) for name, values in rtts.items()}
     direct = stats["direct"]
     print(f"\n{args.sessions} sessions x {RATE_HZ} msg/s, {args.rounds} rounds of {args.seconds:g} s; round trip in ms")
-    print(f"{'path':<8} {'messages':>8} {'p50':>7} {'p99':>7} {'added p50':>10} {'added p99':>10}")
+    print(f"{'path':<9} {'messages':>8} {'p50':>7} {'p99':>7} {'added p50':>10} {'added p99':>10}")
     for name, s in stats.items():
         added = (
             f"{s['p50'] - direct['p50']:>10.3f} {s['p99'] - direct['p99']:>10.3f}"
             if name != "direct"
             else f"{'-':>10} {'-':>10}"
         )
-        print(f"{name:<8} {len(rtts[name]):>8} {s['p50']:>7.3f} {s['p99']:>7.3f} {added}")
+        print(f"{name:<9} {len(rtts[name]):>8} {s['p50']:>7.3f} {s['p99']:>7.3f} {added}")
     return 0
 
 

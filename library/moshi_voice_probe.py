@@ -123,7 +123,8 @@ gap_ms:
 callers:
   description: >-
     A load test's callers, each with the single probe's figures plus C(caller), C(start_s), C(outcome),
-    C(arrival_s) and C(underrun_s) (seconds after its first send), and C(close_code) when refused or cut off.
+    C(waited_ms) (until the handshake or the refusal), C(arrival_s) and C(underrun_s) (seconds after its
+    first send), and C(close_code) with C(close_reason) when refused or cut off.
   returned: a load test
   type: list
   elements: dict

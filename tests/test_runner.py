@@ -124,3 +124,43 @@ def test_exit_codes_follow_the_result():
 def test_an_unknown_environment_raises_with_the_choices():
     with pytest.raises(RunnerError, match="choose one of cloud, lab, production, wsl2"):
         deploy("nope", project=ROOT)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--callers", "0"], "--callers must be at least 1 and --seconds positive"),
+        (["--seconds", "-1"], "--callers must be at least 1 and --seconds positive"),
+    ],
+)
+def test_loadtest_refuses_nonsense_before_running_anything(args, message, capsys):
+    from myca_ops.runner import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["loadtest", "lab", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_summary_prints_the_load_test_table(tmp_path):
+    from myca_ops.runner.cli import summary
+
+    load = {
+        "url": "ws://bridge:8999/api/chat",
+        "cause": "1 real-time, 0 late, 0 cut off, 1 refused of 2 callers",
+        "callers": [
+            {
+                "caller": 0,
+                "start_s": 0.0,
+                "waited_ms": 5.0,
+                "first_audio_ms": 230.0,
+                "gap_ms": {"p99": 90.0},
+                "underruns": 0,
+                "close_code": None,
+                "outcome": "real-time",
+            },
+            {"caller": 1, "start_s": 0.5, "waited_ms": 3004.0, "close_code": 1013, "outcome": "refused"},
+        ],
+    }
+    text = summary(DeployResult(0, "successful", {}, tmp_path, loadtest=load))
+    assert "     1   0.5s  3004 ms          -        -     -   1013  refused" in text
+    assert "1 refused of 2 callers" in text and f"timeline: {tmp_path / 'report' / 'loadtest.png'}" in text

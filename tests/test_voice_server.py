@@ -325,7 +325,7 @@ def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched
     assert all(c["outcome"] in ("real-time", "late") for c in callers[:2]), callers[:2]
     assert all(c["audio_messages"] > 0 and len(c["arrival_s"]) > 0 for c in callers[:2])
     refused = callers[2]
-    assert refused["outcome"] == "refused" and refused["close_code"] == 1013
+    assert refused["outcome"] == "refused" and refused["close_code"] == 1013 and refused["waited_ms"] >= 0
     assert refused["close_reason"] == f"all {SLOTS} slots busy"
     assert result["summary"]["refused"] == 1 and sum(result["summary"].values()) == 3
     assert result["realtime"] is False and "1 refused of 3 callers" in result["cause"]

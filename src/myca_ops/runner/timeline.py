@@ -29,11 +29,11 @@ def render(load: dict, dest: Path) -> Path:
     for row, c in enumerate(callers):
         y = len(callers) - 1 - row
         start = c["start_s"]
-        waited = (c.get("handshake_ms") or 0) / 1000
+        waited = (c.get("waited_ms") or 0) / 1000
         colour = COLOURS[c["outcome"]]
         if c["outcome"] == "refused":
-            ax.barh(y, max(c.get("wall_s") or 0.0, 0.05), left=start, color=colour, height=0.5)
-            ax.text(start, y, f"  refused: close {c.get('close_code')}", va="center", fontsize=8)
+            ax.barh(y, max(waited, 0.05), left=start, color=colour, height=0.5)
+            ax.text(start + waited, y, f"  refused: close {c.get('close_code')}", va="center", fontsize=8)
             continue
         talk = start + waited
         ax.barh(y, waited, left=start, color="#bdbdbd", height=0.5)  # waiting for a slot
@@ -70,7 +70,7 @@ def table(load: dict) -> str:
         gap = (c.get("gap_ms") or {}).get("p99")
         lines.append(
             f"{c['caller']:>6} {c['start_s']:>5.1f}s "
-            f"{_ms(c.get('handshake_ms')):>8} {_ms(c.get('first_audio_ms')):>10} {_ms(gap):>8} "
+            f"{_ms(c.get('waited_ms')):>8} {_ms(c.get('first_audio_ms')):>10} {_ms(gap):>8} "
             f"{c.get('underruns', '-'):>5} {str(c.get('close_code') or '-'):>6}  {c['outcome']}"
         )
     lines.append(f"{load['cause']} ({load['url']})")

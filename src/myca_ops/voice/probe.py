@@ -166,11 +166,12 @@ async def probe(
     start = time.perf_counter()
     try:
         async with chat_session(url, connect_timeout, cafile, verify_tls, token) as ws:
-            result["handshake_ms"] = round((time.perf_counter() - start) * 1000, 1)
+            result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
                 result.update(await _stream(ws, sphn, seconds, drain_s))
     except Refused as exc:
-        result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason)
+        waited = round((time.perf_counter() - start) * 1000, 1)  # a queue's time included
+        result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason, waited_ms=waited)
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
         result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
     return result
