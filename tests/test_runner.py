@@ -119,6 +119,8 @@ def test_exit_codes_follow_the_result():
     assert result({"a": HostResult(ok=1)}, {"gpu_hosts": [row]}, rc=2, status="failed").exit_code() == 3
     assert result({"a": HostResult(ok=1)}, {"gpu_hosts": [dict(row, require_realtime=False)]}).exit_code() == 0
     assert result({"a": HostResult(unreachable=1), "b": HostResult(failed=1)}, rc=4).exit_code() == 4
+    assert result({}, rc=1, status="failed").exit_code() == 5  # a --limit that matched no host
+    assert result({"a": HostResult(skipped=2)}).exit_code() == 5  # --tags that matched no task
 
 
 def test_an_unknown_environment_raises_with_the_choices():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ansible_runner
 
-EXIT_OK, EXIT_FAILED, EXIT_NOT_REALTIME, EXIT_UNREACHABLE = 0, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_NOT_REALTIME, EXIT_UNREACHABLE, EXIT_NOTHING_RAN = 0, 2, 3, 4, 5
 
 
 class RunnerError(ValueError):
@@ -46,6 +46,11 @@ class DeployResult:
     events: int = 0
     failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed task
     loadtest: dict | None = None  # the load test (moshi_voice_probe with callers) when one ran
+    status_report: dict | None = None  # playbooks/status.yml's rows (services, health, MAS document)
+
+    def nothing_ran(self) -> bool:
+        """No host ran a task: a --limit that matched no host, or --tags that matched no task."""
+        return not any(h.ok + h.changed + h.failed + h.unreachable for h in self.hosts.values())
 
     @property
     def changed(self) -> int:
@@ -57,7 +62,9 @@ class DeployResult:
         return [r["host"] for r in rows if _true(r.get("require_realtime")) and not _true(r.get("realtime"))]
 
     def exit_code(self) -> int:
-        """0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts."""
+        """0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts, 5 nothing ran."""
+        if self.nothing_ran():
+            return EXIT_NOTHING_RAN
         if any(h.unreachable for h in self.hosts.values()):
             return EXIT_UNREACHABLE
         if self.not_realtime():
@@ -77,6 +84,7 @@ class DeployResult:
             "not_realtime": self.not_realtime(),
             "verify": self.verify,
             "loadtest": self.loadtest,
+            "status_report": self.status_report,
             "artifact_dir": str(self.artifact_dir),
         }
 
@@ -167,7 +175,18 @@ def deploy(
     ):
         for host, n in (stats.get(key) or {}).items():
             setattr(hosts.setdefault(host, HostResult()), attr, n)
-    report, load = artifacts / "report" / "verify.json", artifacts / "report" / "loadtest.json"
-    verify = json.loads(report.read_text()) if report.exists() else None
-    loadtest = json.loads(load.read_text()) if load.exists() else None
-    return DeployResult(runner.rc, runner.status, hosts, artifacts, verify, count, failures, loadtest)
+    reports = {}
+    for name in ("verify", "loadtest", "status"):
+        path = artifacts / "report" / f"{name}.json"
+        reports[name] = json.loads(path.read_text()) if path.exists() else None
+    return DeployResult(
+        runner.rc,
+        runner.status,
+        hosts,
+        artifacts,
+        reports["verify"],
+        count,
+        failures,
+        reports["loadtest"],
+        reports["status"],
+    )

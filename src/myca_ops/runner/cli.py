@@ -1,12 +1,14 @@
 """myca-ops: deploy, verify and read the status of an environment, with live progress.
 
-    myca-ops deploy ENV [--limit HOSTS] [--tags T,..] [--check] [-e k=v] [--json]
-    myca-ops verify ENV [--json]
-    myca-ops status ENV [--json]
-    myca-ops loadtest ENV [--callers N] [--seconds T] [--json]
+    myca-ops deploy ENV [--check] [-e k=v]
+    myca-ops verify ENV
+    myca-ops status ENV
+    myca-ops loadtest ENV [--callers N] [--seconds T]
+    (each also takes --limit HOSTS, --tags T,.., --json, --vault-password-file F)
 
 ENV is an inventory under inventory/ (lab, wsl2, cloud, production) or a path to one.
-Exit codes: 0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts.
+Exit codes: 0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts, 5 nothing ran (a
+--limit or --tags that matched nothing).
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ def summary(result: DeployResult) -> str:
         lines.append(
             f"verify {row['host']} (MAS): status {row['status']}, collectors {row['collectors_running']}/{row['collectors']}"
         )
+    if result.status_report:
+        from myca_ops.runner.status import table as status_table
+
+        lines.append(status_table(result.status_report))
     if result.loadtest:
         from myca_ops.runner.timeline import table
 
@@ -125,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout, no progress")
         cmd.add_argument("--limit", help="only these hosts or groups")
         cmd.add_argument("--vault-password-file", help="for inventories with vault-encrypted secrets")
+        cmd.add_argument("--tags", help="comma-separated tags")
         if name == "deploy":
-            cmd.add_argument("--tags", help="comma-separated tags")
             cmd.add_argument("--check", action="store_true", help="change nothing, show what would change")
             cmd.add_argument("-e", "--extra-var", action="append", default=[], metavar="K=V")
         if name == "loadtest":
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         result = deploy(
             args.env,
             limit=args.limit,
-            tags=args.tags.split(",") if getattr(args, "tags", None) else None,
+            tags=args.tags.split(",") if args.tags else None,
             check=getattr(args, "check", False),
             extravars=extravars,
             on_event=progress,
@@ -170,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if progress:
             progress.stop()
+    if result.nothing_ran():
+        what = [f"--limit {args.limit!r} matched no host"] if args.limit else []
+        what += [f"--tags {args.tags!r} matched no task"] if args.tags else []
+        print(f"myca-ops: nothing ran: {' or '.join(what) or 'no host in the inventory'}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
