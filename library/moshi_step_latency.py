@@ -138,6 +138,11 @@ results:
       description: Per stage (encode, lm_step, decode, total), count, p50, p95, p99 and max in ms.
       type: dict
       sample: {total: {count: 100, p50: 31.2, p95: 33.0, p99: 35.1, max: 40.2}}
+    samples_ms:
+      description: Each timed frame's total in ms, in order (the verify report's histogram).
+      type: list
+      elements: float
+      sample: [31.0, 30.8, 35.1]
     realtime_factor:
       description: p99 of the total over the 80 ms budget (under 1 keeps up).
       type: float

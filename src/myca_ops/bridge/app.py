@@ -53,6 +53,7 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.sessions_active = Gauge("myca_bridge_sessions_active", "Sessions being relayed now", registry=r)
         self.sessions = Counter("myca_bridge_sessions", "Sessions by outcome", ["outcome"], registry=r)
+        self.sessions.labels("busy")  # at 0 from the start: Prometheus's increase() sees the first refusal
         self.bytes = Counter("myca_bridge_bytes", "Bytes relayed", ["direction"], registry=r)
         self.messages = Counter("myca_bridge_messages", "Messages relayed", ["direction", "kind"], registry=r)
         self.dropped = Counter("myca_bridge_dropped_messages", "Client messages dropped", ["reason"], registry=r)

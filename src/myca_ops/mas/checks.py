@@ -47,6 +47,35 @@ async def bridge_health(base_url: str, timeout: float) -> dict:
     }
 
 
+async def firing_alerts(prometheus_url: str, timeout: float) -> tuple[dict, list[dict]]:
+    """Prometheus's firing alerts, as ({ok, error}, [{name, severity, summary, since, labels}]).
+    Prometheus away or answering nonsense is an error field, never an exception."""
+    if not prometheus_url:
+        return {"ok": None, "error": "not configured"}, []
+    url = prometheus_url.rstrip("/") + "/api/v1/alerts"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+            async with http.get(url) as resp:
+                body = await resp.json(content_type=None)
+        alerts = body["data"]["alerts"]
+        if not isinstance(alerts, list):
+            raise ValueError("data.alerts is not a list")
+        firing = [a for a in alerts if isinstance(a, dict) and a.get("state") == "firing"]
+        listed = [
+            {
+                "name": str(a.get("labels", {}).get("alertname", "?"))[:100],
+                "severity": str(a.get("labels", {}).get("severity", ""))[:20],
+                "summary": str(a.get("annotations", {}).get("summary", ""))[:300],
+                "since": str(a.get("activeAt", ""))[:40],
+                "labels": {str(k)[:50]: str(v)[:100] for k, v in list(a.get("labels", {}).items())[:20]},
+            }
+            for a in firing[:50]
+        ]
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"ok": False, "error": f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")[:300]}, []
+    return {"ok": True, "error": None}, listed
+
+
 def _number(value) -> float | None:
     """A finite number, else None (JSON from elsewhere may hold NaN, strings or huge integers)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -22,6 +22,7 @@ class Settings:
     status_ttl_s: float = 2.0
     check_timeout_s: float = 2.0
     events_token: str = ""  # what the bridge must send to POST events; empty: the route refuses all
+    prometheus_url: str = ""  # http://127.0.0.1:9090: its firing alerts are listed in the status; empty: none
 
     @property
     def stale_after_s(self) -> float:
@@ -57,4 +58,5 @@ class Settings:
             status_ttl_s=number("MYCA_MAS_STATUS_TTL_S", 2.0),
             check_timeout_s=number("MYCA_MAS_CHECK_TIMEOUT_S", 2.0),
             events_token=env.get("MYCA_MAS_EVENTS_TOKEN", ""),
+            prometheus_url=env.get("MYCA_MAS_PROMETHEUS_URL", "").rstrip("/"),
         )

@@ -3,9 +3,13 @@
     {status: ok|degraded|down, version, checked_at,
      components: {database: {ok, latency_ms, error},
                   collectors: {<name>: {state, last_heartbeat_age_s, backlog}},
-                  voice: {moshi: {...}, bridge: {...}}}}
+                  voice: {moshi: {...}, bridge: {...}},
+                  prometheus: {ok, error}},
+     alerts: [{name, severity, summary, since, labels}]}
 
-200 for ok or degraded, 503 for down (the database is unreachable).  Every check has a
+200 for ok or degraded, 503 for down (the database is unreachable).  `alerts` lists what
+Prometheus (MYCA_MAS_PROMETHEUS_URL) has firing; it informs, it does not change `status`.
+GET /metrics gives the same checks to Prometheus, with request counts and latency.  Every check has a
 timeout and runs in parallel; the result is cached for a short TTL and computed by one
 request at a time, so a burst costs the database one query.  A failing dependency is a
 field in the answer, never a 500.  Mount it into any FastAPI app with `mount(app)`.
@@ -23,10 +27,11 @@ from typing import Literal
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from myca_ops.mas.checks import bridge_health, tcp_reachable
+from myca_ops.mas.checks import bridge_health, firing_alerts, tcp_reachable
 from myca_ops.mas.settings import Settings
 
 log = logging.getLogger("myca_ops.mas")
@@ -44,6 +49,39 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("myca_mas_requests", "Requests by route and status code", ["route", "code"], registry=r)
+        self.latency = Histogram("myca_mas_request_seconds", "Time to answer, by route", ["route"], registry=r)
+        self.database_up = Gauge("myca_mas_database_up", "1 when the last status check reached the database", registry=r)
+        self.database_check = Gauge(
+            "myca_mas_database_check_seconds", "Time the last database check took (NaN: it failed)", registry=r
+        )
+        labels = ["collector"]
+        self.collector_running = Gauge(
+            "myca_mas_collector_running", "1 when the collector's last heartbeat is fresh", labels, registry=r
+        )
+        self.collector_age = Gauge(
+            "myca_mas_collector_heartbeat_age_seconds", "Age of the collector's last heartbeat", labels, registry=r
+        )
+        self.collector_backlog = Gauge(
+            "myca_mas_collector_backlog", "Samples the collector holds in its spool", labels, registry=r
+        )
+
+    def observe_status(self, body: dict) -> None:
+        components = body.get("components", {})
+        database = components.get("database", {})
+        self.database_up.set(1 if database.get("ok") else 0)
+        latency = database.get("latency_ms")
+        self.database_check.set(float("nan") if latency is None else latency / 1000)
+        for name, c in components.get("collectors", {}).items():
+            self.collector_running.labels(name).set(1 if c["state"] == "running" else 0)
+            age, backlog = c["last_heartbeat_age_s"], c["backlog"]
+            self.collector_age.labels(name).set(float("nan") if age is None else age)
+            self.collector_backlog.labels(name).set(float("nan") if backlog is None else backlog)
+
+
 class Stack:
     """The database pool (made on first use, so a dead database never stops the app) and the status cache."""
 
@@ -53,6 +91,7 @@ class Stack:
         self._pool_lock = asyncio.Lock()
         self._status_lock = asyncio.Lock()
         self._cached: tuple[float, int, dict] | None = None
+        self.metrics = Metrics()
 
     async def pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
@@ -77,10 +116,11 @@ class Stack:
 
     async def _compute(self) -> tuple[int, dict]:
         timeout = self.settings.check_timeout_s
-        (database, collectors), moshi, bridge = await asyncio.gather(
+        (database, collectors), moshi, bridge, (prometheus, alerts) = await asyncio.gather(
             self._database(timeout),
             tcp_reachable(self.settings.moshi_url, timeout),
             bridge_health(self.settings.bridge_url, timeout),
+            firing_alerts(self.settings.prometheus_url, timeout),
         )
         voice = {"moshi": moshi, "bridge": bridge}
         if not database["ok"]:
@@ -93,8 +133,10 @@ class Stack:
             "status": overall,
             "version": VERSION,
             "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "components": {"database": database, "collectors": collectors, "voice": voice},
+            "components": {"database": database, "collectors": collectors, "voice": voice, "prometheus": prometheus},
+            "alerts": alerts,
         }
+        self.metrics.observe_status(body)
         return (503 if overall == "down" else 200), body
 
     async def _database(self, timeout: float) -> tuple[dict, dict]:
@@ -143,6 +185,17 @@ async def get_status(request: Request) -> JSONResponse:
         log.exception("status check failed")
         code, body = 503, {"status": "down", "version": VERSION, "error": describe(exc)}
     return JSONResponse(body, status_code=code)
+
+
+@router.get("/metrics")
+async def get_metrics(request: Request) -> Response:
+    """The status checks (cached like the endpoint's) and request figures, for Prometheus."""
+    stack = stack_of(request.app)
+    try:
+        await stack.status()
+    except Exception:  # noqa: BLE001 - the figures of the last good check are still served
+        log.exception("status check failed")
+    return Response(generate_latest(stack.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 EVENTS_MAX_BYTES = 16 * 1024
@@ -214,6 +267,22 @@ async def post_event(request: Request) -> JSONResponse:
 
 
 def mount(app: FastAPI) -> FastAPI:
-    """Add /api/myca/status and /api/myca/events to an existing MAS app."""
+    """Add /api/myca/status, /api/myca/events and /metrics to an existing MAS app, and count its requests."""
     app.include_router(router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        t0 = time.perf_counter()
+        code = 500
+        try:
+            response = await call_next(request)
+            code = response.status_code
+            return response
+        finally:
+            # The route's template (never the raw path: one series per route, whatever callers send).
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics = stack_of(request.app).metrics
+            metrics.requests.labels(route, str(code)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
     return app

@@ -157,6 +157,8 @@ def measure(
         "device": device,
         "load_s": round(load_s, 1),
         "stages": {stage: summary(values) for stage, values in times.items()},
+        # Every timed frame's total, in order: the verify report draws their distribution.
+        "samples_ms": [round(ms, 2) for ms in times["total"]],
         "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
         "torch_version": torch.__version__,
         "triton_version": _triton_version(),
@@ -232,6 +234,7 @@ def from_service_log(env: dict[str, str], unit: str, since: str) -> dict:
         "device": device,
         "source": f"journal of {unit} since {since}",
         "stages": {"total": summary(frames)},
+        "samples_ms": [round(ms, 2) for ms in frames],
         "gpu_name": None,
     }
     if not frames:

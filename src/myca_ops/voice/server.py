@@ -102,6 +102,8 @@ class Metrics:
         self.slots_used = Gauge("myca_moshi_slots_in_use", "Slots holding a session", registry=r)
         self.slots_total = Gauge("myca_moshi_slots", "Slots this server has", registry=r)
         self.sessions = Counter("myca_moshi_sessions", "Sessions by outcome", ["outcome"], registry=r)
+        for refused in ("busy", "loading"):  # at 0 from the start: Prometheus's increase() sees the first refusal
+            self.sessions.labels(refused)
         self.dropped = Counter(
             "myca_moshi_dropped_frames",
             "Frames dropped: out, answers a client did not read; in, audio sent faster than real time",
