@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "module_utils"))
 
 # Tests that need the lab tier: generated weights and moshi (torch), PostgreSQL, Docker.
 # A test using one of these fixtures is marked `lab` by itself; others carry the mark.
-LAB_FIXTURES = {"lab_weights", "moshi_server", "postgres", "mas_db", "lab_hosts"}
+LAB_FIXTURES = {"lab_weights", "moshi_server", "postgres", "mas_db", "lab_hosts", "prometheus"}
 
 
 def pytest_collection_modifyitems(items):
@@ -144,3 +144,30 @@ def mas_db(postgres, request) -> str:
     import re
 
     return postgres.create_database("t_" + re.sub(r"\W", "_", request.node.name)[:50].lower())
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory):
+    """The distribution's Prometheus with one rule that fires at once (MycaTest): its base URL."""
+    import shutil
+
+    from myca_ops.lab.processes import process
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("no prometheus on this machine: apt-get install prometheus (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("prometheus")
+    (root / "rules.yml").write_text(
+        "groups:\n  - name: test\n    rules:\n      - alert: MycaTest\n        expr: vector(1)\n"
+        "        labels: {severity: warning}\n        annotations: {summary: always firing}\n"
+    )
+    (root / "prometheus.yml").write_text(f"global: {{evaluation_interval: 1s}}\nrule_files: [{root / 'rules.yml'}]\n")
+    port = free_port()
+    argv = [
+        binary,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with process(argv, port, root / "prometheus.log"):
+        yield f"http://127.0.0.1:{port}"

@@ -66,7 +66,9 @@ async def _drive(proc, url: str) -> dict:
 
         async def call(method: str, session: str | None = None, **params) -> dict:
             n = next(ids)
-            await ws.send_json({"id": n, "method": method, "params": params, **({"sessionId": session} if session else {})})
+            await ws.send_json(
+                {"id": n, "method": method, "params": params, **({"sessionId": session} if session else {})}
+            )
             return await until(lambda m: m.get("id") == n)
 
         async def until(match) -> dict:

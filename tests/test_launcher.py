@@ -1,6 +1,8 @@
 """myca-moshi: the mode decision, the weights layout, and the real moshi.server behind it."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -189,3 +191,55 @@ def test_waiting_gives_up_at_once_on_a_crash_looping_service():
 
     with pytest.raises(TimeoutError, match="moshi crashed and was restarted 3 times"):
         wait_for_handshake("ws://127.0.0.1:9/api/chat", 600, broken=lambda: "moshi crashed and was restarted 3 times")
+
+
+# --auto, where no Ansible facts exist: `myca-moshi probe`'s facts -> (mode, the reason's start).
+WINDOWS = {"system": "Windows", "torch_version": "2.9.1", "cuda": True, "triton_version": None, "compile_error": None}
+
+
+@pytest.mark.parametrize(
+    "facts,mode,reason",
+    [
+        ({**WINDOWS, "cuda": False}, "cpu", "torch 2.9.1 sees no CUDA device"),
+        (
+            WINDOWS,
+            "graphs",
+            'CUDA graphs on, torch.compile off: Triton is not installed: pip install "triton-windows>=3.5,<3.6" (torch 2.9.1)',
+        ),
+        ({**WINDOWS, "torch_version": "2.6.0"}, "graphs", 'pip install "triton-windows>=3.2,<3.3" (torch 2.6.0)'),
+        ({**WINDOWS, "torch_version": "2.11.0"}, "graphs", "the triton-windows release made for torch 2.11.0"),
+        (
+            {**WINDOWS, "triton_version": "3.5.1", "compile_error": "RuntimeError: Failed to find C compiler"},
+            "graphs",
+            "CUDA graphs on, torch.compile off: Triton 3.5.1 cannot compile: RuntimeError: Failed to find C compiler",
+        ),
+        ({**WINDOWS, "triton_version": "3.5.1"}, "compile+graphs", "CUDA and Triton 3.5.1 compile a kernel"),
+        ({**WINDOWS, "system": "Linux"}, "graphs", "Triton is not installed: pip install the triton release"),
+    ],
+)
+def test_auto_picks_the_fastest_mode_that_works_from_the_probed_facts(facts, mode, reason):
+    picked, why = launcher.recommend_here(facts)
+    assert picked == mode and reason in why
+
+
+def test_auto_never_turns_cuda_graphs_off_itself():
+    """What --auto hands to the decision: graphs stay on whatever Triton does; only compile goes."""
+    for facts in (
+        WINDOWS,
+        {**WINDOWS, "triton_version": "3.5.1"},
+        {**WINDOWS, "compile_error": "x", "triton_version": "3"},
+    ):
+        decision = launcher.decide_from_env(launcher.auto_env({}, facts))
+        assert "NO_CUDA_GRAPH" not in decision.env and decision.mode in ("graphs", "compile+graphs")
+    cpu = launcher.decide_from_env(launcher.auto_env({}, {**WINDOWS, "cuda": False}))
+    assert cpu.mode == "cpu"
+    # A device the operator set is kept.
+    assert launcher.auto_env({"MYCA_MOSHI_DEVICE": "cuda:1"}, WINDOWS)["MYCA_MOSHI_DEVICE"] == "cuda:1"
+
+
+@pytest.mark.lab  # needs torch in this venv (make lab-assets installs the CPU wheel)
+def test_probe_on_this_machine_finds_no_cuda_and_says_cpu():
+    out = subprocess.run([sys.executable, "-m", "myca_ops.voice.launcher", "probe"], capture_output=True, text=True)
+    facts = json.loads(out.stdout)
+    assert out.returncode == 0 and facts["cuda"] is False and facts["mode"] == "cpu"
+    assert facts["reason"] == f"torch {facts['torch_version']} sees no CUDA device"

@@ -189,6 +189,28 @@ def test_status_degraded_when_moshi_is_unreachable(mas_db):
     )
 
 
+def test_status_lists_what_prometheus_has_firing_and_stays_ok(mas_db, prometheus):
+    deadline = time.monotonic() + 20
+    while True:  # the rule fires at Prometheus's first evaluation
+        code, body = status_of(Settings(dsn=mas_db, prometheus_url=prometheus))
+        if body["alerts"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert code == 200 and body["status"] == "ok"  # alerts inform; they do not change the status
+    assert body["components"]["prometheus"] == {"ok": True, "error": None}
+    [alert] = body["alerts"]
+    assert alert["name"] == "MycaTest" and alert["severity"] == "warning" and alert["summary"] == "always firing"
+    assert alert["since"].startswith("20")
+
+
+def test_status_without_its_prometheus_names_it_and_stays_ok(mas_db):
+    url = f"http://127.0.0.1:{free_port()}"
+    code, body = status_of(Settings(dsn=mas_db, prometheus_url=url))
+    assert code == 200 and body["status"] == "ok" and body["alerts"] == []
+    assert body["components"]["prometheus"]["ok"] is False
+    assert body["components"]["prometheus"]["error"].startswith(f"{url}/api/v1/alerts: ClientConnectorError")
+
+
 def test_status_down_and_503_naming_the_database_error_within_the_timeout():
     t0 = time.monotonic()
     code, body = status_of(Settings(dsn=DEAD_DSN, collectors=("host",), check_timeout_s=1))
@@ -345,7 +367,13 @@ def test_no_input_gives_a_500_on_any_route(tmp_path, mas_db):
     fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeBridge)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     bridge_url = f"http://127.0.0.1:{fake.server_address[1]}"
-    port, server = serve(tmp_path, mas_db, MYCA_MAS_BRIDGE_URL=bridge_url, MYCA_MAS_STATUS_TTL_S="0.001")
+    port, server = serve(
+        tmp_path,
+        mas_db,
+        MYCA_MAS_BRIDGE_URL=bridge_url,
+        MYCA_MAS_PROMETHEUS_URL=bridge_url,  # its /api/v1/alerts answers the same random documents
+        MYCA_MAS_STATUS_TTL_S="0.001",
+    )
     answers = {"events": {}, "status": {}}
     with server:
         for _ in range(300):
@@ -357,6 +385,36 @@ def test_no_input_gives_a_500_on_any_route(tmp_path, mas_db):
     fake.shutdown()
     assert set(answers["events"]) <= {200, 400}, answers
     assert set(answers["status"]) <= {(200, "degraded"), (200, "ok")}, answers  # the database is fine throughout
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus's text format as {'name{labels}': value}."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    return {k: float(v) for k, _, v in (line.rpartition(" ") for line in lines if line and not line.startswith("#"))}
+
+
+def test_metrics_give_the_database_the_collectors_and_the_requests(tmp_path, mas_db):
+    asyncio.run(heartbeat(mas_db, "host", backlog=3))
+    port, server = serve(tmp_path, mas_db, MYCA_MAS_COLLECTORS="host,voice", MYCA_MAS_COLLECTOR_INTERVAL_S="5")
+    base = f"http://127.0.0.1:{port}"
+    with server:
+        get(f"{base}/api/myca/status")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/no/such/{uuid.uuid4().hex}", timeout=10)
+        live = scrape(f"{base}/metrics")
+    dead_port, dead = serve(tmp_path, DEAD_DSN, MYCA_MAS_COLLECTORS="host", MYCA_MAS_CHECK_TIMEOUT_S="1")
+    with dead:
+        down = scrape(f"http://127.0.0.1:{dead_port}/metrics")
+    assert live["myca_mas_database_up"] == 1 and 0 < live["myca_mas_database_check_seconds"] < 1
+    assert live['myca_mas_collector_running{collector="host"}'] == 1
+    assert live['myca_mas_collector_backlog{collector="host"}'] == 3
+    assert live['myca_mas_collector_running{collector="voice"}'] == 0  # never beat: missing
+    assert live['myca_mas_requests_total{code="200",route="/api/myca/status"}'] == 1
+    # One series per route, whatever path a caller sends.
+    assert live['myca_mas_requests_total{code="404",route="unmatched"}'] == 1
+    assert not any("no/such" in k for k in live)
+    assert down["myca_mas_database_up"] == 0 and down['myca_mas_collector_running{collector="host"}'] == 0
 
 
 def test_the_status_router_mounts_into_the_operators_app(tmp_path, mas_db):

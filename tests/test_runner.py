@@ -166,3 +166,42 @@ def test_the_summary_prints_the_load_test_table(tmp_path):
     text = summary(DeployResult(0, "successful", {}, tmp_path, loadtest=load))
     assert "     1   0.5s  3004 ms          -        -     -   1013  refused" in text
     assert "1 refused of 2 callers" in text and f"timeline: {tmp_path / 'report' / 'loadtest.png'}" in text
+
+
+def test_the_status_table_names_down_targets_and_firing_alerts_by_host():
+    from myca_ops.runner.status import table
+
+    firing = {"labels": {"alertname": "MycaTargetDown", "host": "gpu-host", "job": "moshi"}, "state": "firing"}
+    report = {
+        "hosts": [
+            {
+                "host": "mas-vm",
+                "group": "mas_hosts",
+                "services": {"myca-mas": "active"},
+                "health": {
+                    "status": "degraded",
+                    "components": {"prometheus": {"ok": True, "error": None}},
+                    "alerts": [{"name": "MycaTargetDown", "labels": firing["labels"]}],
+                },
+            },
+            {
+                "host": "mas-vm",
+                "group": "monitoring_hosts",
+                "services": {"prometheus": "active"},
+                "health": {
+                    "up": [
+                        {"metric": {"job": "moshi", "host": "gpu-host"}, "value": [1.0, "0"]},
+                        {"metric": {"job": "mas", "host": "mas-vm"}, "value": [1.0, "1"]},
+                    ],
+                    "alerts": [firing],
+                },
+            },
+        ]
+    }
+    lines = table(report).splitlines()
+    assert any(
+        "prometheus active" in line
+        and "1/2 targets up (down: moshi on gpu-host); firing: MycaTargetDown (gpu-host)" in line
+        for line in lines
+    ), lines
+    assert "  alerts               MycaTargetDown (gpu-host)" in lines

@@ -15,7 +15,11 @@ RENDERED = {
     "myca-bridge.service": ("bridge", "myca-bridge.service.j2", {}),
     "myca-mas.service": ("mas", "myca-mas.service.j2", {}),
     "myca-collector@.service": ("mas", "myca-collector@.service.j2", {}),
-    "mas.env": ("mas", "mas.env.j2", {"mas_db_password": "p@ss/w:rd", "mas_moshi_url": "", "mas_bridge_url": ""}),
+    "mas.env": (
+        "mas",
+        "mas.env.j2",
+        {"mas_db_password": "p@ss/w:rd", "mas_moshi_url": "", "mas_bridge_url": "", "mas_prometheus_url": ""},
+    ),
     "hardening-moshi.conf": (
         "python_service",
         "hardening.conf.j2",
@@ -109,26 +113,28 @@ def test_the_mas_env_file_escapes_the_password_in_the_dsn(files):
     assert env["MYCA_MAS_COLLECTORS"] == "host,voice"
 
 
-def firewall_rules_for(tmp_path, hosts_yml: str, host: str, moshi_host: str = "0.0.0.0") -> str:
-    """The nftables rules the firewall role writes for `host` of an inventory (addresses, no lookup)."""
+def render_for(tmp_path, hosts_yml: str, host: str, role: str, templates: list[str], extra: dict | None = None) -> dict:
+    """`role`'s templates as `host` of an inventory gets them (with roles/stack's defaults): {template: text}."""
     (tmp_path / "hosts.yml").write_text(hosts_yml)
-    role = ROOT / "roles" / "firewall"
+    (tmp_path / "extra.yml").write_text(yaml.safe_dump({"ansible_python_interpreter": sys.executable, **(extra or {})}))
+    roles = [ROOT / "roles" / "stack", ROOT / "roles" / role]
+    vars_files = [str(p) for r in roles for p in (r / "defaults/main.yml", r / "vars/main.yml") if p.exists()]
     play = [
         {
             "hosts": host,
             "gather_facts": False,
             "connection": "local",
-            "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
-            "vars": {"moshi_host": moshi_host, "ansible_python_interpreter": sys.executable},
+            "vars_files": [*vars_files, str(tmp_path / "extra.yml")],  # the last one wins
             "tasks": [
                 {
-                    "name": "Render the rules",
+                    "name": f"Render {t}",
                     "ansible.builtin.template": {
-                        "src": str(role / "templates/myca-ops.nft.j2"),
-                        "dest": str(tmp_path / "rules.nft"),
+                        "src": str(ROOT / "roles" / role / "templates" / t),
+                        "dest": str(tmp_path / t.removesuffix(".j2")),
                         "mode": "0644",
                     },
                 }
+                for t in templates
             ],
         }
     ]
@@ -136,7 +142,14 @@ def firewall_rules_for(tmp_path, hosts_yml: str, host: str, moshi_host: str = "0
     cmd = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env())
     assert out.returncode == 0 and f"{host} " in out.stdout.split("PLAY RECAP")[-1], out.stdout + out.stderr
-    return (tmp_path / "rules.nft").read_text()
+    return {t: (tmp_path / t.removesuffix(".j2")).read_text() for t in templates}
+
+
+def firewall_rules_for(tmp_path, hosts_yml: str, host: str, moshi_host: str = "0.0.0.0") -> str:
+    """The nftables rules the firewall role writes for `host` of an inventory (addresses, no lookup)."""
+    return render_for(tmp_path, hosts_yml, host, "firewall", ["myca-ops.nft.j2"], {"moshi_host": moshi_host})[
+        "myca-ops.nft.j2"
+    ]
 
 
 INVENTORY = """
@@ -163,3 +176,51 @@ def test_moshi_on_loopback_behind_its_own_bridge_needs_no_rule(tmp_path):
     shared = INVENTORY.replace("bridge: {ansible_host: 10.0.0.2}", "gpu: {}")
     rules = firewall_rules_for(tmp_path, shared, "gpu", moshi_host="127.0.0.1")
     assert "dport" not in rules
+
+
+POOL_WITH_MONITORING = """
+all:
+  children:
+    gpu_hosts:
+      hosts:
+        gpu-a: {ansible_host: 10.0.1.1, moshi_slots: 2}
+        gpu-b: {ansible_host: 10.0.1.2, moshi_slots: 2, moshi_server: upstream}
+    bridge_hosts: {hosts: {bridge: {ansible_host: 10.0.1.3, bridge_tls: true}}}
+    mas_hosts: {hosts: {mas: {ansible_host: 10.0.1.4}}}
+    monitoring_hosts: {hosts: {mon: {ansible_host: 10.0.1.5}}}
+"""
+
+
+def test_prometheus_scrapes_what_the_inventory_describes(tmp_path):
+    import shutil
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    extra = {"monitoring_rules_dir": str(rules_dir)}
+    out = render_for(tmp_path, POOL_WITH_MONITORING, "mon", "monitoring", ["prometheus.yml.j2", "alerts.yml.j2"], extra)
+    (rules_dir / "alerts.yml").write_text(out["alerts.yml.j2"])
+    config = yaml.safe_load(out["prometheus.yml.j2"])
+    jobs = {
+        j["job_name"]: [(t, c["labels"]) for c in j["static_configs"] for t in c["targets"]]
+        for j in config["scrape_configs"]
+    }
+    assert jobs["node"] == [
+        (f"10.0.1.{i}:9100", {"host": h}) for i, h in ((1, "gpu-a"), (2, "gpu-b"), (4, "mas"), (3, "bridge"))
+    ] + [("127.0.0.1:9100", {"host": "mon"})]
+    assert jobs["moshi"] == [("10.0.1.1:8998", {"host": "gpu-a"})]  # gpu-b runs moshi.server: no /metrics
+    assert jobs["bridge"] == [("10.0.1.3:8999", {"host": "bridge", "__scheme__": "https"})]
+    assert jobs["haproxy"] == [("10.0.1.3:8404", {"host": "bridge"})]
+    assert jobs["mas"] == [("10.0.1.4:8001", {"host": "mas"})]
+    assert config["rule_files"] == [str(rules_dir / "alerts.yml")]
+    if shutil.which("promtool"):  # .ci/run installs it with prometheus; the role runs the same check at deploy
+        check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_monitoring_hosts_reach_each_port_the_firewall_guards(tmp_path):
+    bridge = render_for(tmp_path, POOL_WITH_MONITORING, "bridge", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
+    assert "tcp dport 8404 ip saddr { 10.0.1.5 } accept\n        tcp dport 8404 reject" in bridge  # HAProxy's stats
+    assert "tcp dport 9100 ip saddr { 10.0.1.5 } accept\n        tcp dport 9100 reject" in bridge
+    assert "8999" not in bridge  # the public port
+    gpu = render_for(tmp_path, POOL_WITH_MONITORING, "gpu-a", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
+    assert "tcp dport 8998 ip saddr { 10.0.1.3, 10.0.1.4, 10.0.1.5 } accept" in gpu

@@ -54,7 +54,9 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("myca_mas_requests", "Requests by route and status code", ["route", "code"], registry=r)
         self.latency = Histogram("myca_mas_request_seconds", "Time to answer, by route", ["route"], registry=r)
-        self.database_up = Gauge("myca_mas_database_up", "1 when the last status check reached the database", registry=r)
+        self.database_up = Gauge(
+            "myca_mas_database_up", "1 when the last status check reached the database", registry=r
+        )
         self.database_check = Gauge(
             "myca_mas_database_check_seconds", "Time the last database check took (NaN: it failed)", registry=r
         )

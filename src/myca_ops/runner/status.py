@@ -24,7 +24,26 @@ def health(row: dict) -> str:
         sessions = f"{h['sessions']}/{h['max_sessions']} sessions" if "sessions" in h else ""
         state = "ok" if h.get("ok") else f"NOT ok: {h.get('error', '')}"
         return ", ".join(p for p in (state, sessions) if p)
+    if row["group"] == "monitoring_hosts":
+        down = [f"{t['metric'].get('job')} on {t['metric'].get('host')}" for t in h["up"] if t["value"][-1] != "1"]
+        targets = f"{len(h['up']) - len(down)}/{len(h['up'])} targets up" + (
+            f" (down: {', '.join(down)})" if down else ""
+        )
+        return f"{targets}; firing: {', '.join(alert_names(h['alerts'])) or 'none'}"
     return f"{h.get('status')} (details below)"
+
+
+def alert_names(alerts: list) -> list[str]:
+    """'MycaTargetDown (gpu-host)' from Prometheus's alerts or the MAS's list of them."""
+    names = []
+    for a in alerts:
+        if not isinstance(a, dict):
+            names.append(str(a))
+            continue
+        labels = a.get("labels") or {}
+        name = a.get("name") or labels.get("alertname", "?")
+        names.append(f"{name} ({labels['host']})" if labels.get("host") else name)
+    return names
 
 
 def mas_document(row: dict) -> list[str]:
@@ -46,8 +65,10 @@ def mas_document(row: dict) -> list[str]:
         )
     for name, part in c.get("voice", {}).items():
         lines.append(f"  {name:<20} " + ("ok" if part.get("ok") else f"NOT ok: {part.get('error')}"))
-    alerts = doc.get("alerts") or []
-    names = ", ".join(a.get("name", str(a)) if isinstance(a, dict) else str(a) for a in alerts)
+    prometheus = c.get("prometheus") or {}
+    if prometheus.get("ok") is False:
+        lines.append(f"  {'prometheus':<20} NOT ok: {prometheus.get('error')}")
+    names = ", ".join(alert_names(doc.get("alerts") or []))
     lines.append(f"  {'alerts':<20} {names or 'none firing'}")
     return lines
 

@@ -5,7 +5,9 @@ moshi's switches before moshi is imported (``NO_TORCH_COMPILE`` is read at impor
 logs one line with the mode and the reason, then runs the server ``MYCA_MOSHI_SERVER``
 names: ``batched`` (``myca_ops.voice.server``, many conversations on one model) or
 ``upstream`` (the real ``moshi.server`` as ``python -m moshi.server`` runs it, or a fork's).  ``myca-moshi fetch`` downloads a Hugging Face
-checkpoint into the weights folder; ``myca-moshi wait`` waits for the handshake.
+checkpoint into the weights folder; ``myca-moshi wait`` waits for the handshake.  Where no
+Ansible facts exist (native Windows), ``myca-moshi serve --auto`` decides the mode itself
+(``myca-moshi probe`` prints what it finds).
 
 The weights folder holds ``model.safetensors``, ``mimi.safetensors``, ``tokenizer.model``
 and, optionally, ``config.json`` (moshi's LM config; without it the 7B defaults apply).
@@ -94,6 +96,83 @@ def decide(
         f"step against a {FRAME_BUDGET_MS:.0f} ms frame budget: buffer underruns and garbled voice"
     )
     return Decision(mode, f"forced by {', '.join(forced)}", env, warning)
+
+
+# triton-windows releases pair with one torch minor each (its README's table).
+TRITON_WINDOWS_FOR_TORCH = {"2.6": "3.2", "2.7": "3.3", "2.8": "3.4", "2.9": "3.5"}
+
+# Run in a fresh interpreter (`myca-moshi probe`): a failed torch.compile must not leave
+# inductor's state in the server's process, and moshi must not be imported yet.
+PROBE = """
+import json, platform
+out = {"system": platform.system(), "torch_version": None, "cuda": False, "triton_version": None, "compile_error": None}
+import torch
+out["torch_version"] = torch.__version__.split("+")[0]
+out["cuda"] = bool(torch.cuda.is_available())
+try:
+    import triton
+    out["triton_version"] = triton.__version__
+except ImportError:
+    pass
+if out["cuda"] and out["triton_version"]:
+    try:
+        assert torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device="cuda")).sum().item() == 24
+    except Exception as exc:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        out["compile_error"] = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+print(json.dumps(out))
+"""
+
+
+def recommend_here(facts: dict) -> tuple[str, str]:
+    """The mode `--auto` picks from `myca-moshi probe`'s facts, where no Ansible facts exist (native
+    Windows, a container): the compile of a kernel is the whole toolchain check."""
+    torch_version = facts.get("torch_version") or "?"
+    if not facts.get("cuda"):
+        return "cpu", f"torch {torch_version} sees no CUDA device"
+    if not facts.get("triton_version"):
+        if facts.get("system") == "Windows":
+            pin = TRITON_WINDOWS_FOR_TORCH.get(".".join(torch_version.split(".")[:2]))
+            if pin:
+                major, minor = pin.split(".")
+                how = f'pip install "triton-windows>={pin},<{major}.{int(minor) + 1}" (torch {torch_version})'
+            else:
+                how = f"pip install the triton-windows release made for torch {torch_version}"
+        else:
+            how = "pip install the triton release your torch names"
+        return "graphs", f"CUDA graphs on, torch.compile off: Triton is not installed: {how}"
+    if facts.get("compile_error"):
+        return "graphs", (
+            f"CUDA graphs on, torch.compile off: Triton {facts['triton_version']} cannot compile: {facts['compile_error']}"
+        )
+    return (
+        "compile+graphs",
+        f"CUDA and Triton {facts['triton_version']} compile a kernel: torch.compile and CUDA graphs on",
+    )
+
+
+def probe_here(timeout: float = 300) -> dict:
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"probing torch in {sys.executable} took over {timeout:.0f} s") from None
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise ValueError(f"cannot probe torch in {sys.executable}: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(lines[-1])
+
+
+def auto_env(env: dict[str, str], facts: dict) -> dict[str, str]:
+    """The service's environment with the probed mode (and device, unless set) filled in."""
+    mode, reason = recommend_here(facts)
+    return {
+        "MYCA_MOSHI_DEVICE": "cuda" if facts.get("cuda") else "cpu",
+        **env,
+        "MYCA_MOSHI_RECOMMENDED_MODE": mode,
+        "MYCA_MOSHI_RECOMMENDED_REASON": reason,
+    }
 
 
 def resolve_weights(weights_dir: Path) -> dict[str, Path | None]:
@@ -284,7 +363,13 @@ def crash_watch(unit: str, limit: int = 3):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myca-moshi", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the Moshi server (the default), configured by MYCA_MOSHI_* variables")
+    serve_args = sub.add_parser(
+        "serve", help="run the Moshi server (the default), configured by MYCA_MOSHI_* variables"
+    )
+    serve_args.add_argument(
+        "--auto", action="store_true", help="decide the mode here (no Ansible facts: native Windows, a container)"
+    )
+    sub.add_parser("probe", help="print this interpreter's CUDA and Triton facts and the mode --auto would pick")
     f = sub.add_parser("fetch", help="download a checkpoint from Hugging Face into the weights folder")
     f.add_argument("--repo", required=True)
     f.add_argument("--revision", required=True)
@@ -310,8 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                 crash_watch(args.unit) if args.unit else (lambda: None),
             )
             print(f"handshake from {args.url} after {took:.1f}s")
+        elif args.command == "probe":
+            facts = probe_here()
+            mode, reason = recommend_here(facts)
+            print(json.dumps({**facts, "mode": mode, "reason": reason}))
         else:
-            serve(dict(os.environ))
+            env = dict(os.environ)
+            serve(auto_env(env, probe_here()) if getattr(args, "auto", False) else env)
     except (ValueError, FileNotFoundError, TimeoutError) as exc:
         print(f"myca-moshi: error: {exc}", file=sys.stderr)
         return 2
