@@ -243,3 +243,20 @@ def test_probe_on_this_machine_finds_no_cuda_and_says_cpu():
     facts = json.loads(out.stdout)
     assert out.returncode == 0 and facts["cuda"] is False and facts["mode"] == "cpu"
     assert facts["reason"] == f"torch {facts['torch_version']} sees no CUDA device"
+
+
+def test_envfile_runs_a_command_with_the_files_variables(tmp_path):
+    """How supervisord starts a service with its systemd unit's EnvironmentFile."""
+    env_file = tmp_path / "svc.env"
+    env_file.write_text('# a comment\nMYCA_A=plain\nMYCA_B="with spaces = and quotes"\n')
+    show = "import os; print(os.environ['MYCA_A'], '|', os.environ['MYCA_B'], '|', os.environ.get('HOME') is not None)"
+    out = subprocess.run(
+        [sys.executable, "-m", "myca_ops.envfile", str(env_file), sys.executable, "-c", show],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "plain | with spaces = and quotes | True"
+    missing = subprocess.run(
+        [sys.executable, "-m", "myca_ops.envfile", str(tmp_path / "none.env"), "true"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and f"cannot read {tmp_path / 'none.env'}" in missing.stderr
