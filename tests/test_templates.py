@@ -224,3 +224,14 @@ def test_the_monitoring_hosts_reach_each_port_the_firewall_guards(tmp_path):
     assert "8999" not in bridge  # the public port
     gpu = render_for(tmp_path, POOL_WITH_MONITORING, "gpu-a", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
     assert "tcp dport 8998 ip saddr { 10.0.1.3, 10.0.1.4, 10.0.1.5 } accept" in gpu
+
+
+def test_a_monitoring_host_of_its_own_lets_only_the_mas_reach_prometheus(tmp_path):
+    inventory = POOL_WITH_MONITORING.replace(
+        "mon: {ansible_host: 10.0.1.5}", "mon: {ansible_host: 10.0.1.5, monitoring_prometheus_listen_address: 0.0.0.0}"
+    )
+    mon = render_for(tmp_path, inventory, "mon", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
+    assert "tcp dport 9090 ip saddr { 10.0.1.4, 10.0.1.5 } accept\n        tcp dport 9090 reject" in mon
+    assert "tcp dport 9100 ip saddr { 10.0.1.5 } accept" in mon
+    loopback = render_for(tmp_path, POOL_WITH_MONITORING, "mon", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
+    assert "9090" not in loopback  # on loopback only: no rule needed
