@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--modes", default="graphs,compile+graphs", help="on CPU the mode is always cpu")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per mode before it is reported failed")
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.warmup),
     ]
     child += ["--small"] if args.small else []
-    results = [run_mode(mode, child, timeout=3600, program=(__file__,)) for mode in modes]
+    results = [run_mode(mode, child, timeout=args.timeout, program=(__file__,), show_progress=True) for mode in modes]
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--modes", default=",".join(COMPARE_MODES))
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per mode before it is reported failed")
     args = parser.parse_args(argv)
     child = [
         "--device",
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for mode in args.modes.split(","):
         print(f"[bench] measuring {mode} ({args.frames} frames)...", file=sys.stderr, flush=True)
-        results.append(run_mode(mode, child, timeout=3600))
+        results.append(run_mode(mode, child, timeout=args.timeout, show_progress=True))
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

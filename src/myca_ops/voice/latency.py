@@ -175,20 +175,27 @@ def _triton_version() -> str | None:
 
 
 def run_mode(
-    mode: str, args: list[str], timeout: float, program: tuple[str, ...] = ("-m", "myca_ops.voice.latency")
+    mode: str,
+    args: list[str],
+    timeout: float,
+    program: tuple[str, ...] = ("-m", "myca_ops.voice.latency"),
+    show_progress: bool = False,
 ) -> dict:
     """Measure one mode in a fresh interpreter, with exactly that mode's switches set: `program`
-    (this module, or a benchmark script) runs with ``--one-mode MODE`` and prints one JSON line."""
+    (this module, or a benchmark script) runs with ``--one-mode MODE`` and prints one JSON line.
+    `show_progress`: the child's stderr (progress, a traceback) goes to ours as it comes."""
     env = {k: v for k, v in os.environ.items() if k not in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH")}
     env.update(MODE_ENV[mode])
     cmd = [sys.executable, *program, "--one-mode", mode, *args]
+    stderr = None if show_progress else subprocess.PIPE
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"mode": mode, "error": f"timed out after {timeout:.0f}s"}
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
-        return {"mode": mode, "error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+        said = (out.stderr or "").strip().splitlines() or [f"exit {out.returncode}, no result (its stderr is above)"]
+        return {"mode": mode, "error": said[-1]}
     return json.loads(lines[-1])
 
 
