@@ -229,6 +229,32 @@ def test_health_without_a_session_says_slots_mode_and_ticks(batched, solo_answer
     assert metric(base, 'myca_moshi_tick_seconds_count{stage="lm_step"}') > 0
 
 
+def test_the_container_health_check_passes_on_a_loaded_server_and_names_a_dead_one(batched):
+    from myca_ops.voice.launcher import alive
+
+    base, _ = batched
+    assert alive(f"http://{base}") is None  # loaded; over budget (503) would still be alive
+    # moshi.server has no /healthz: any answer (its 404) is alive; a closed port is not.
+    import http.server
+    import socket
+    import threading
+
+    class NoHealthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - moshi.server's answer to a path it does not serve
+            self.send_error(404)
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NoHealthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert alive(f"http://127.0.0.1:{server.server_port}") is None
+    finally:
+        server.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert alive(f"http://127.0.0.1:{port}").startswith(f"no answer from http://127.0.0.1:{port}")
+
+
 def test_the_answers_follow_the_input(solo_answers):
     speech, tone_ = audio_of(solo_answers["speech"]), audio_of(solo_answers["tone"])
     assert len(speech) >= 30 and len(tone_) >= 30

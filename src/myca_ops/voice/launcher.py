@@ -360,6 +360,31 @@ def crash_watch(unit: str, limit: int = 3):
     return check
 
 
+def alive(url: str, timeout: float = 5) -> str | None:
+    """None when the server at `url` (http[s]://HOST:PORT) is up, else why not: the batched server's
+    /healthz must say its model is loaded (503 for slow ticks is still up); moshi.server, which has
+    no /healthz, must answer at all.  The container's health check; it takes no session."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl._create_unverified_context()  # the server's own (self-signed) certificate, on loopback
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=timeout, context=context) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None  # moshi.server: it answers
+        body = exc.read()
+    except (OSError, ValueError) as exc:
+        return f"no answer from {url}: {exc}"
+    try:
+        loaded = json.loads(body).get("model_loaded")
+    except (ValueError, AttributeError):
+        return f"{url}/healthz answered {body[:80]!r}"
+    return None if loaded else "the model is still loading"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myca-moshi", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -380,8 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--cafile")
     w.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)")
     w.add_argument("--unit", help="give up early when this systemd unit keeps crashing")
+    a = sub.add_parser("alive", help="exit 0 when the server is up (a container's health check; takes no session)")
+    a.add_argument("--url", default="http://127.0.0.1:8998")
     args = parser.parse_args(argv)
     try:
+        if args.command == "alive":
+            why = alive(args.url)
+            if why:
+                print(f"myca-moshi: {why}", file=sys.stderr)
+            return 1 if why else 0
         if args.command == "fetch":
             fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"))
         elif args.command == "wait":
