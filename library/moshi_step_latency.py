@@ -60,6 +60,11 @@ options:
     description: Fail when the verdict is not real-time.
     type: bool
     default: false
+  container:
+    description:
+      - Run in this container of the host's Docker engine (the moshi role's O(moshi_runtime=docker)), through the
+        engine's API; O(python) is then the image's interpreter. The host needs no venv and no docker command.
+    type: str
   timeout:
     description: Seconds the whole measurement may take.
     type: int
@@ -186,6 +191,7 @@ def main():
             unit=dict(type="str", default="moshi"),
             stop_service=dict(type="bool", default=False),
             require_realtime=dict(type="bool", default=False),
+            container=dict(type="str"),
             timeout=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
@@ -199,13 +205,17 @@ def main():
     else:
         args += ["--frames", str(p["frames"]), "--warmup", str(p["warmup"])]
         args += ["--compare"] if p["mode"] == "compare" else []
+    if p["container"] and (p["stop_service"] or p["source"] == "service_log"):
+        module.fail_json(
+            msg="stop_service and source=service_log read a systemd unit; with container, measure beside it"
+        )
     stopping = p["stop_service"] and p["source"] == "measure"
     if stopping and module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: would stop %s to measure" % p["unit"])
     if stopping:
         module.run_command(["systemctl", "stop", p["unit"]], check_rc=True)
     try:
-        result = run_json(module, p["python"], args, p["timeout"])
+        result = run_json(module, p["python"], args, p["timeout"], container=p["container"])
     finally:
         if stopping:
             module.run_command(["systemctl", "start", p["unit"]], check_rc=True)

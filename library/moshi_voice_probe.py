@@ -50,6 +50,11 @@ options:
     description: Fail when the verdict is not real-time (in a load test, when any caller is not served in real time).
     type: bool
     default: false
+  container:
+    description:
+      - Run in this container of the host's Docker engine (the moshi role's O(moshi_runtime=docker)), through the
+        engine's API; O(python) is then the image's interpreter. The host needs no venv and no docker command.
+    type: str
   timeout:
     description: Seconds the probe may take.
     type: int
@@ -152,6 +157,7 @@ def main():
             callers=dict(type="int", default=1),
             stagger_s=dict(type="float", default=0.5),
             require_realtime=dict(type="bool", default=False),
+            container=dict(type="str"),
             timeout=dict(type="int", default=120),
         ),
         supports_check_mode=True,
@@ -169,7 +175,8 @@ def main():
     args += ["--handshake-only"] if module.check_mode else []
     if p["callers"] > 1 and not module.check_mode:
         args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"])]
-    result = run_json(module, p["python"], args, p["timeout"], env={"MYCA_PROBE_TOKEN": p["token"] or ""})
+    env = {"MYCA_PROBE_TOKEN": p["token"] or ""}
+    result = run_json(module, p["python"], args, p["timeout"], env=env, container=p["container"])
     if result["error"]:
         module.fail_json(msg=result["error"], **result)
     if p["require_realtime"] and result["realtime"] is False:

@@ -237,6 +237,18 @@ def test_auto_never_turns_cuda_graphs_off_itself():
     assert launcher.auto_env({"MYCA_MOSHI_DEVICE": "cuda:1"}, WINDOWS)["MYCA_MOSHI_DEVICE"] == "cuda:1"
 
 
+def test_an_environment_file_that_says_auto_is_decided_by_probing_here(monkeypatch):
+    """A container's moshi.env (moshi_runtime: docker) says auto: the server and verify's measurement
+    beside it both probe the image's torch, so they pick the same mode."""
+    facts = {**WINDOWS, "system": "Linux", "triton_version": "3.6.0"}
+    monkeypatch.setattr(launcher, "probe_here", lambda: facts)
+    env = {"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_RECOMMENDED_MODE": "auto", "MYCA_MOSHI_RECOMMENDED_REASON": ""}
+    decision = launcher.decide_from_env(env)
+    assert decision.mode == "compile+graphs" and "Triton 3.6.0 compile a kernel" in decision.reason
+    monkeypatch.setattr(launcher, "probe_here", lambda: {**facts, "triton_version": None})
+    assert launcher.decide_from_env(env).mode == "graphs"  # Triton gone from the image: graphs stay on
+
+
 @pytest.mark.lab  # needs torch in this venv (make lab-assets installs the CPU wheel)
 def test_probe_on_this_machine_finds_no_cuda_and_says_cpu():
     out = subprocess.run([sys.executable, "-m", "myca_ops.voice.launcher", "probe"], capture_output=True, text=True)

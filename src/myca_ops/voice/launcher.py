@@ -226,7 +226,11 @@ def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_pat
 
 
 def decide_from_env(env: dict[str, str]) -> Decision:
-    """The decision for the service configured by `env` (the role's environment file)."""
+    """The decision for the service configured by `env` (the role's environment file).  A
+    recommended mode of ``auto`` (a container: the host has no venv to probe) is probed here, as
+    ``serve --auto`` does, so the service and a measurement beside it decide alike."""
+    if env.get("MYCA_MOSHI_RECOMMENDED_MODE") == "auto":
+        env = auto_env(env, probe_here())
     return decide(
         env.get("MYCA_MOSHI_DEVICE", "cuda"),
         env.get("MYCA_MOSHI_RECOMMENDED_MODE", "compile+graphs"),
