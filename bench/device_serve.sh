@@ -13,7 +13,8 @@ mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 work=$(mktemp -d)
-trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
+server=
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 "$python" -m myca_ops.lab.weights "$work/weights" || exit 1
 echo "device_serve: myca-moshi probe"
 "$python" -m myca_ops.voice.launcher probe
