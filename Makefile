@@ -1,5 +1,7 @@
 # The two commands: `make lab` (bring up the lab and converge site.yml) and `make test`.
+# `make help` lists the targets.
 SHELL := /bin/bash
+PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
@@ -7,62 +9,68 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 1
 
-.PHONY: setup lab lab-image lab-assets lab-hosts lab-down test test-fast lint pytest molecule clean
+.PHONY: help prereqs setup lab lab-image lab-assets lab-hosts lab-down test test-fast lint pytest molecule clean
 
-setup: $(STAMP)
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 22
 
-$(STAMP): pyproject.toml requirements.yml
-	@test -x $(BIN)/python || python3 -m venv $(VENV)
+prereqs:  ## check the system packages both commands need; as root, install the missing ones
+	@$(PYTHON) src/myca_ops/lab/prereqs.py
+
+setup: prereqs $(STAMP)  ## the control node's .venv with the pinned dependencies
+
+$(STAMP): pyproject.toml requirements.yml | prereqs
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "make setup: installing the pinned control-node dependencies into $(VENV)"
 	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[control]'
 	@$(BIN)/python -m myca_ops.setup_collections
 	@touch $@
 
-lab-image: setup
+lab-image: setup  ## start the Docker engine and build the lab's Debian 12 image
 	@$(BIN)/python -m myca_ops.lab.image
 
 # The lab's Moshi: a wheelhouse with CPU torch (also installed here, to generate weights
 # and run the tests that load moshi) and a tiny generated checkpoint.
 LAB := .lab
-$(LAB)/wheelhouse.done: $(STAMP) roles/moshi/defaults/main.yml src/myca_ops/lab/wheelhouse.py
+$(LAB)/wheelhouse.done: $(STAMP) roles/moshi/defaults/main.yml inventory/lab/group_vars/gpu_hosts.yml src/myca_ops/lab/wheelhouse.py
 	@$(BIN)/python -m myca_ops.lab.wheelhouse $(LAB)/wheelhouse --install
 	@touch $@
 
-lab-assets: lab-image $(LAB)/wheelhouse.done
+lab-assets: lab-image $(LAB)/wheelhouse.done  ## the lab image, the CPU torch wheelhouse and the generated weights
 	@$(BIN)/python -m myca_ops.lab.weights $(LAB)/weights
 
-lab-hosts: lab-assets
+lab-hosts: lab-assets  ## start the lab's three hosts
 	$(BIN)/ansible-playbook playbooks/lab.yml
 
 # site.yml in two timed parts: the converge (its plays less verify), then the measurement
 # (playbooks/verify.yml, the last play of site.yml).
-lab: lab-hosts
+lab: lab-hosts  ## converge site.yml on the lab, then verify (prints the table and both timings)
 	@t0=$$(date +%s) && $(BIN)/ansible-playbook site.yml --skip-tags verify && t1=$$(date +%s) && \
 	$(BIN)/ansible-playbook playbooks/verify.yml && t2=$$(date +%s) && \
 	echo "make lab: converge $$((t1 - t0)) s, verify $$((t2 - t1)) s"
 
-lab-down: setup
+lab-down: setup  ## remove the lab's hosts
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent
 
-lint: setup
+lint: setup  ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # The fast tier: no Docker, no PostgreSQL, no weights (tests marked `lab` are left out).
-test-fast: lint
+test-fast: lint  ## lint, then the tests that need no Docker, PostgreSQL or weights
 	$(BIN)/pytest -m "not lab"
 
 # The lab tier: the tests that need weights, moshi, PostgreSQL or Docker.
-pytest: lab-assets
+pytest: lab-assets  ## the lab tier of pytest (weights, moshi, PostgreSQL, Docker)
 	$(BIN)/pytest -m lab
 
-molecule: lab-assets
+molecule: lab-assets  ## molecule test for every scenario
 	$(BIN)/molecule test --all
 
-test: test-fast pytest molecule
+test: test-fast pytest molecule  ## all of it: test-fast, pytest, molecule
 
-clean:
+clean:  ## remove the lab's hosts, the .venv and the lab's assets
 	@if [ -x $(BIN)/ansible-playbook ]; then $(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent; fi
 	rm -rf $(VENV) .lab

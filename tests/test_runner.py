@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -205,3 +206,49 @@ def test_the_status_table_names_down_targets_and_firing_alerts_by_host():
         for line in lines
     ), lines
     assert "  alerts               MycaTargetDown (gpu-host)" in lines
+
+
+def test_passwords_answer_the_prompts_and_never_reach_the_run_folder(tmp_path):
+    """A vault secret is decrypted with the asked vault password and the become prompt is answered,
+    while neither password is in any file of the run's folder (command line, events, stdout)."""
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault_pw, become_pw = "vault-pw-7f3a9c", "become-pw-41d2e8"
+    secret = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(vault_pw.encode()))]).encrypt("the secret").decode()
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+    (tmp_path / "site.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.assert:\n        that: stack_secret == 'the secret'\n"
+    )
+    inventory = tmp_path / "inventory" / "t"
+    inventory.mkdir(parents=True)
+    indented = "\n".join("        " + line for line in secret.splitlines())
+    (inventory / "hosts.yml").write_text(
+        "all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+        f"      stack_secret: !vault |\n{indented}\n"
+    )
+    result = deploy("t", project=tmp_path, vault_password=vault_pw, become_password=become_pw)
+    assert result.status == "successful" and result.hosts["here"].ok == 1, result.failures
+    assert result.artifact_dir.parent == tmp_path / "reports" / "runs"
+    for path in result.artifact_dir.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            assert vault_pw.encode() not in text and become_pw.encode() not in text, path
+
+
+def test_old_run_folders_are_cleaned(tmp_path):
+    from myca_ops.runner import KEEP_RUNS, new_run_folder
+
+    made = []
+    for _ in range(KEEP_RUNS + 3):
+        made.append(new_run_folder(tmp_path, "lab"))
+        time.sleep(0.01)
+    left = sorted(tmp_path.iterdir())
+    assert len(left) == KEEP_RUNS and set(left) == set(made[-KEEP_RUNS:])
+
+
+def test_a_missing_password_file_is_bad_input(tmp_path):
+    with pytest.raises(RunnerError, match="--become-password-file .*: no such file"):
+        deploy("lab", project=ROOT, become_password_file=str(tmp_path / "nope"))

@@ -1,6 +1,8 @@
 """Build the lab's Debian 12 systemd image locally (no registry is reachable).
 
-The image is made with debootstrap from the mirror this machine's own apt sources name,
+The image is made with debootstrap from the Debian mirror this machine's own apt sources
+name (on Ubuntu, or to choose another: ``MYCA_LAB_DEBIAN_MIRROR``), checked against
+Debian's archive keyring,
 imported into Docker and tagged with a hash of its recipe, so it is rebuilt only when the
 recipe changes.  ``python -m myca_ops.lab.image`` also starts the Docker engine when it
 is not running.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +38,8 @@ PACKAGES = (
 )
 RECIPE_VERSION = 1  # bump when the build steps below change
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+MIRROR_VARIABLE = "MYCA_LAB_DEBIAN_MIRROR"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
 class LabError(RuntimeError):
@@ -50,8 +55,12 @@ def recipe_hash() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
-    """The first Debian archive URI in this machine's apt sources (one-line or deb822)."""
+def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES, environ: dict | None = None) -> str:
+    """The Debian archive to bootstrap from: the operator's MIRROR_VARIABLE, else the first
+    Debian archive URI in this machine's apt sources (one-line or deb822)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(MIRROR_VARIABLE):
+        return environ[MIRROR_VARIABLE]
     files: list[Path] = []
     for src in sources:
         if src.is_dir():
@@ -65,9 +74,26 @@ def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
             if m and "security" not in m.group(1) and m.group(1).rstrip("/").endswith("debian"):
                 return m.group(1)
     raise LabError(
-        "no Debian archive found in this machine's apt sources "
-        f"({', '.join(map(str, sources))}); add one, or run the lab on a Debian machine"
+        "this machine's apt sources name no Debian archive "
+        f"({', '.join(map(str, sources))}), and the lab hosts are Debian 12 (an Ubuntu archive cannot "
+        f"bootstrap them): set {MIRROR_VARIABLE} to the URL of a Debian mirror's debian folder "
+        f"(for example {MIRROR_VARIABLE}=http://MIRROR/debian make lab)"
     )
+
+
+def debootstrap_command(rootfs: Path, mirror: str, keyring: Path = DEBIAN_KEYRING) -> list[str]:
+    """debootstrap of the lab image, checked against Debian's keyring (on Ubuntu, its own package)."""
+    if not keyring.is_file():
+        raise LabError(f"no Debian archive keyring at {keyring}: apt-get install debian-archive-keyring")
+    return [
+        "debootstrap",
+        "--variant=minbase",
+        f"--keyring={keyring}",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(rootfs),
+        mirror,
+    ]
 
 
 def docker_running() -> bool:
@@ -109,8 +135,7 @@ def build_image(force: bool = False) -> str:
         with tempfile.TemporaryDirectory(prefix="myca-lab-rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
             log(f"building {pinned} with debootstrap (about a minute)")
-            cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+            run = subprocess.run(debootstrap_command(rootfs, mirror), capture_output=True, text=True)
             if run.returncode != 0:
                 raise LabError(f"debootstrap failed (exit {run.returncode}):\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
             # The hosts install no recommended packages: smaller and faster, as on minimal servers.

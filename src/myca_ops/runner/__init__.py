@@ -4,22 +4,30 @@
     result = deploy("lab", tags=["bridge"], on_event=print)
     result.rc, result.status, result.hosts["bridge"].changed, result.verify
 
-`env` is an inventory name under the project's `inventory/` or a path to one.
+`env` is an inventory name under the project's `inventory/` or a path to one. Each run's
+ansible-runner folder (events, stdout, and the reports under `report/`) is
+`reports/runs/ENV-TIME` in the project; the newest KEEP_RUNS are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ansible_runner
 
+KEEP_RUNS = 10
+# ansible-playbook's prompts for --ask-become-pass and --ask-vault-pass, answered by ansible-runner.
+BECOME_PROMPT, VAULT_PROMPT = r"BECOME password.*:\s*?$", r"Vault password.*:\s*?$"
 EXIT_OK, EXIT_FAILED, EXIT_NOT_REALTIME, EXIT_UNREACHABLE, EXIT_NOTHING_RAN = 0, 2, 3, 4, 5
 
 
@@ -109,6 +117,15 @@ def inventory_path(project: Path, env: str) -> Path:
     return path.resolve()
 
 
+def new_run_folder(runs: Path, env: str) -> Path:
+    """A fresh folder for one run under `runs`; all but the newest KEEP_RUNS older ones removed."""
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for folder in old[: max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{env}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=runs))
+
+
 def deploy(
     env: str,
     limit: str | None = None,
@@ -120,14 +137,34 @@ def deploy(
     cancel: threading.Event | None = None,
     project: Path | None = None,
     vault_password_file: str | None = None,
+    vault_password: str | None = None,
+    become_password: str | None = None,
+    become_password_file: str | None = None,
 ) -> DeployResult:
-    """Run `playbook` (site.yml) against the inventory `env`; blocks until done or cancelled."""
+    """Run `playbook` (site.yml) against the inventory `env`; blocks until done or cancelled.
+
+    Passwords given as strings answer ansible-playbook's prompts through ansible-runner: they
+    are on no command line and in no file of the run's folder.
+    """
     project = (project or find_project()).resolve()
     inventory = inventory_path(project, env)
-    artifacts = Path(tempfile.mkdtemp(prefix=f"myca-ops-{Path(env).name}-"))
+    artifacts = new_run_folder(project / "reports" / "runs", Path(env).name)
     cmdline = ["--diff"] + (["--check"] if check else [])
-    if vault_password_file:
-        cmdline += ["--vault-password-file", str(Path(vault_password_file).resolve())]
+    passwords = {}
+    for path, option in (
+        (vault_password_file, "--vault-password-file"),
+        (become_password_file, "--become-password-file"),
+    ):
+        if path:
+            if not Path(path).is_file():
+                raise RunnerError(f"{option} {path}: no such file")
+            cmdline += [option, str(Path(path).resolve())]
+    if become_password is not None:
+        cmdline.append("--ask-become-pass")
+        passwords[BECOME_PROMPT] = become_password
+    if vault_password is not None:
+        cmdline.append("--ask-vault-pass")
+        passwords[VAULT_PROMPT] = vault_password
     failures: list[str] = []
     count = 0
 
@@ -151,7 +188,9 @@ def deploy(
         limit=limit,
         tags=",".join(tags) if tags else None,
         extravars={"verify_report_dir": str(artifacts / "report"), **(extravars or {})},
-        cmdline=" ".join(cmdline),
+        cmdline=" ".join(shlex.quote(c) for c in cmdline),
+        passwords=passwords,
+        suppress_env_files=True,  # else ansible-runner writes the passwords into env/ of the run folder
         envvars={
             "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
             "ANSIBLE_NOCOLOR": "1",

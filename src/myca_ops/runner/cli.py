@@ -4,22 +4,31 @@
     myca-ops verify ENV
     myca-ops status ENV
     myca-ops loadtest ENV [--callers N] [--seconds T]
-    (each also takes --limit HOSTS, --tags T,.., --json, --vault-password-file F)
+    (each also takes --limit HOSTS, --tags T,.., --json, and the passwords:
+     -K/--ask-become-pass or --become-password-file F, -J/--ask-vault-pass or --vault-password-file F)
 
 ENV is an inventory under inventory/ (lab, wsl2, cloud, production) or a path to one.
-Exit codes: 0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts, 5 nothing ran (a
---limit or --tags that matched nothing).
+A run's folder (events, stdout, reports) is reports/runs/ENV-TIME; the newest 10 are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import threading
 
 from myca_ops.runner import DeployResult, RunnerError, deploy
 
+EXIT_CODES = """exit codes:
+  0    ok
+  1    bad input (an unknown environment, a missing password file), said on stderr
+  2    failed hosts (each failed task is named)
+  3    a host that must be real-time is not
+  4    unreachable hosts
+  5    nothing ran (a --limit or --tags that matched nothing, said on stderr)
+  130  cancelled (Ctrl-C)"""
 PLAYBOOKS = {
     "deploy": "site.yml",
     "verify": "playbooks/verify.yml",
@@ -118,7 +127,12 @@ def summary(result: DeployResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="myca-ops", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="myca-ops",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("deploy", "converge site.yml and verify"),
@@ -126,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         ("status", "the stack's status"),
         ("loadtest", "many callers at once through the bridge"),
     ):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_argument("env", help="inventory name (lab, wsl2, cloud, production) or path")
         cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout, no progress")
         cmd.add_argument("--limit", help="only these hosts or groups")
-        cmd.add_argument("--vault-password-file", help="for inventories with vault-encrypted secrets")
+        become = cmd.add_mutually_exclusive_group()
+        become.add_argument("-K", "--ask-become-pass", action="store_true", help="ask for the sudo password")
+        become.add_argument("--become-password-file", metavar="F", help="the sudo password from a file")
+        vault = cmd.add_mutually_exclusive_group()
+        vault.add_argument("-J", "--ask-vault-pass", action="store_true", help="ask for the vault password")
+        vault.add_argument("--vault-password-file", metavar="F", help="the vault password from a file (or script)")
         cmd.add_argument("--tags", help="comma-separated tags")
         if name == "deploy":
             cmd.add_argument("--check", action="store_true", help="change nothing, show what would change")
@@ -152,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"-e takes K=V, got {item!r}")
         extravars[key] = value
+    try:
+        # Asked before the run starts, so the prompts never mix with its progress lines.
+        become_password = getpass.getpass("BECOME password: ") if args.ask_become_pass else None
+        vault_password = getpass.getpass("Vault password: ") if args.ask_vault_pass else None
+    except (KeyboardInterrupt, EOFError):
+        print("\nmyca-ops: cancelled", file=sys.stderr)
+        return 130
     progress = None if args.json else Progress()
     cancel = threading.Event()
     try:
@@ -165,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             playbook=PLAYBOOKS[args.command],
             cancel=cancel,
             vault_password_file=args.vault_password_file,
+            vault_password=vault_password,
+            become_password=become_password,
+            become_password_file=args.become_password_file,
         )
     except RunnerError as exc:
         print(f"myca-ops: {exc}", file=sys.stderr)
