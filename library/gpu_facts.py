@@ -78,33 +78,129 @@ ansible_facts:
       returned: always
       type: dict
       contains:
-        is_wsl2: {description: The kernel is WSL2's., type: bool, sample: false}
-        is_wsl1: {description: The kernel is WSL1's (no GPU access)., type: bool, sample: false}
-        wsl_gpu_device: {description: WSL2's GPU device (O(dxg_path)) exists., type: bool, sample: false}
-        gpu_count: {description: NVIDIA GPUs nvidia-smi lists., type: int, sample: 1}
+        is_wsl2:
+          description: The kernel is WSL2's.
+          type: bool
+          sample: false
+        is_wsl1:
+          description: The kernel is WSL1's (no GPU access).
+          type: bool
+          sample: false
+        wsl_gpu_device:
+          description: WSL2's GPU device (O(dxg_path)) exists.
+          type: bool
+          sample: false
+        gpu_count:
+          description: NVIDIA GPUs nvidia-smi lists.
+          type: int
+          sample: 1
         gpus:
           description: Each GPU.
           type: list
           elements: dict
-          sample: [{name: NVIDIA L4, memory_total_mib: 23034, memory_free_mib: 22700, driver_version: "550.54"}]
-        driver_version: {description: The NVIDIA driver, null without one., type: str, sample: "550.54"}
-        nvidia_smi: {description: Path of nvidia-smi, null when absent., type: str, sample: /usr/bin/nvidia-smi}
-        nvidia_smi_error: {description: What nvidia-smi said when it failed., type: str, sample: null}
-        triton_libcuda_path: {description: "WSL2: the folder with the Windows driver's libcuda, for Triton.", type: str, sample: null}
-        c_compiler: {description: The C compiler inductor would use, null when none., type: str, sample: /usr/bin/cc}
-        python: {description: The interpreter probed., type: str, sample: /opt/moshi/venv/bin/python}
-        python_headers: {description: Python.h of that interpreter is installed., type: bool, sample: true}
-        torch_version: {description: torch in that interpreter, null when not importable., type: str, sample: 2.9.1+cu128}
-        torch_cuda_available: {description: torch sees a CUDA device., type: bool, sample: true}
-        triton_version: {description: Triton in that interpreter., type: str, sample: 3.5.1}
-        triton_compiles: {description: Triton compiled a tiny kernel through torch.compile., type: bool, sample: true}
-        probe_error: {description: Why the torch probe failed, null when it did not., type: str, sample: null}
-        disk_free_gb: {description: Free GiB on the file system of O(disk_path)., type: float, sample: 120.5}
+          sample:
+          - name: NVIDIA L4
+            memory_total_mib: 23034
+            memory_free_mib: 22700
+            driver_version: '550.54'
+        driver_version:
+          description: The NVIDIA driver; null without one.
+          type: str
+          sample: '550.54'
+        nvidia_smi:
+          description: Path of nvidia-smi; null when absent.
+          type: str
+          sample: /usr/bin/nvidia-smi
+        nvidia_smi_error:
+          description: What nvidia-smi said when it failed.
+          type: str
+          sample: null
+        triton_libcuda_path:
+          description: 'WSL2: the folder with the Windows driver''s libcuda, for Triton.'
+          type: str
+          sample: null
+        c_compiler:
+          description: The C compiler inductor would use; null when none.
+          type: str
+          sample: /usr/bin/cc
+        python:
+          description: The interpreter probed.
+          type: str
+          sample: /opt/moshi/venv/bin/python
+        python_headers:
+          description: Python.h of that interpreter is installed.
+          type: bool
+          sample: true
+        torch_version:
+          description: torch in that interpreter; null when not importable.
+          type: str
+          sample: 2.9.1+cu128
+        torch_cuda_available:
+          description: torch sees a CUDA device.
+          type: bool
+          sample: true
+        triton_version:
+          description: Triton in that interpreter.
+          type: str
+          sample: 3.5.1
+        triton_compiles:
+          description: Triton compiled a tiny kernel through torch.compile.
+          type: bool
+          sample: true
+        probe_error:
+          description: Why the torch probe failed; null when it did not.
+          type: str
+          sample: null
+        disk_free_gb:
+          description: Free GiB on the file system of O(disk_path).
+          type: float
+          sample: 120.5
         recommended_moshi_mode:
           description: V(compile+graphs), V(graphs) (CUDA graphs need no Triton) or V(cpu).
           type: str
           sample: compile+graphs
-        recommended_moshi_mode_reason: {description: Why that mode., type: str, sample: "Triton compiles a kernel on cuda:0"}
+        recommended_moshi_mode_reason:
+          description: Why that mode.
+          type: str
+          sample: Triton compiles a kernel on cuda:0
+        kernel:
+          description: The kernel version line read from O(proc_version_path).
+          type: str
+          sample: Linux version 6.6.87.2-microsoft-standard-WSL2 (root@...) ...
+        wsl_distro_name:
+          description: C(WSL_DISTRO_NAME) when the module runs in a WSL terminal; null in services and over ssh,
+            where WSL does not set it.
+          type: str
+          sample: Ubuntu-24.04
+        disk_path:
+          description: The path whose file system RV(ansible_facts.gpu_facts.disk_free_gb) is about (O(disk_path)).
+          type: str
+          sample: /
+        python_found:
+          description: The interpreter O(python) exists.
+          type: bool
+          sample: true
+        python_include:
+          description: That interpreter's include folder (where Python.h belongs); null when it is not found.
+          type: str
+          sample: /usr/include/python3.11
+        torch_cuda_version:
+          description: The CUDA version torch was built with; null for a CPU build or without torch.
+          type: str
+          sample: '12.8'
+        torch_devices:
+          description: Each CUDA device torch sees, with its memory; empty without one.
+          type: list
+          elements: dict
+          sample:
+          - name: NVIDIA L4
+            memory_total_mib: 22478
+            memory_free_mib: 22180
+        triton_error:
+          description: Why Triton is not importable or did not compile the test kernel; null when it compiled or
+            was not tried.
+          type: str
+          sample: 'triton is not importable: No module named ''triton'''
 """
 
 from ansible.module_utils.basic import AnsibleModule

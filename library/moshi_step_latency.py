@@ -60,11 +60,6 @@ options:
     description: Fail when the verdict is not real-time.
     type: bool
     default: false
-  container:
-    description:
-      - Run in this container of the host's Docker engine (the moshi role's O(moshi_runtime=docker)), through the
-        engine's API; O(python) is then the image's interpreter. The host needs no venv and no docker command.
-    type: str
   timeout:
     description: Seconds the whole measurement may take.
     type: int
@@ -81,6 +76,8 @@ notes:
   - On CPU the honest verdict is "not real-time" for the full model; a verdict always comes from
     the measurement of the deployed model, never from whether a GPU is present.
 author: myca-ops
+extends_documentation_fragment:
+  - myca_container  # doc_fragments/, named in ansible.cfg
 """
 
 EXAMPLES = r"""
@@ -105,7 +102,7 @@ cause:
   description: Why, with the figures; names what to change when not real-time.
   returned: success
   type: str
-  sample: "no CUDA device: p99 241.0 ms per frame against a 80 ms budget on CPU"
+  sample: 'no CUDA device: p99 241.0 ms per frame against a 80 ms budget on CPU'
 mode:
   description: The mode measured first (the service's).
   returned: success
@@ -115,7 +112,7 @@ mode_reason:
   description: Why the service runs in that mode.
   returned: success
   type: str
-  sample: "Triton cannot compile (no C compiler): CUDA graphs need no Triton"
+  sample: 'Triton cannot compile (no C compiler): CUDA graphs need no Triton'
 budget_ms:
   description: The frame budget, 80 ms (12.5 frames per second).
   returned: success
@@ -142,12 +139,21 @@ results:
     stages:
       description: Per stage (encode, lm_step, decode, total), count, p50, p95, p99 and max in ms.
       type: dict
-      sample: {total: {count: 100, p50: 31.2, p95: 33.0, p99: 35.1, max: 40.2}}
+      sample:
+        total:
+          count: 100
+          p50: 31.2
+          p95: 33.0
+          p99: 35.1
+          max: 40.2
     samples_ms:
       description: Each timed frame's total in ms, in order (the verify report's histogram).
       type: list
       elements: float
-      sample: [31.0, 30.8, 35.1]
+      sample:
+      - 31.0
+      - 30.8
+      - 35.1
     realtime_factor:
       description: p99 of the total over the 80 ms budget (under 1 keeps up).
       type: float
@@ -171,7 +177,7 @@ results:
     cause:
       description: This mode's verdict with its figures.
       type: str
-      sample: "p99 35.1 ms per frame fits the 80 ms budget"
+      sample: p99 35.1 ms per frame fits the 80 ms budget
 """
 
 from ansible.module_utils.basic import AnsibleModule

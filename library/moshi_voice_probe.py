@@ -50,11 +50,6 @@ options:
     description: Fail when the verdict is not real-time (in a load test, when any caller is not served in real time).
     type: bool
     default: false
-  container:
-    description:
-      - Run in this container of the host's Docker engine (the moshi role's O(moshi_runtime=docker)), through the
-        engine's API; O(python) is then the image's interpreter. The host needs no venv and no docker command.
-    type: str
   timeout:
     description: Seconds the probe may take.
     type: int
@@ -69,6 +64,8 @@ notes:
   - moshi.server serves one session at a time; a probe against it while busy waits for the handshake. The batched
     server and the bridge close a caller they have no slot for (1013), and the probe reports it refused.
 author: myca-ops
+extends_documentation_fragment:
+  - myca_container  # doc_fragments/, named in ansible.cfg
 """
 
 EXAMPLES = r"""
@@ -81,7 +78,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 realtime:
-  description: Audio kept up (no underrun, at least 0.95x real time); null in check mode. In a load test, every caller did.
+  description: Audio kept up (no underrun, at least 0.95x real time); null in check mode. In a load test, every
+    caller did.
   returned: success
   type: bool
   sample: true
@@ -89,7 +87,7 @@ cause:
   description: Why, with the figures.
   returned: success
   type: str
-  sample: "3.92s of audio in 4.01s, no underrun, first audio after 218 ms"
+  sample: 3.92s of audio in 4.01s, no underrun, first audio after 218 ms
 url:
   description: The endpoint probed.
   returned: success
@@ -120,25 +118,137 @@ gap_ms:
   returned: a single probe
   type: dict
   contains:
-    count: {description: Gaps measured., type: int, sample: 48}
-    p50: {description: Median gap in ms., type: float, sample: 80.1}
-    p95: {description: 95th percentile in ms., type: float, sample: 84.0}
-    p99: {description: 99th percentile in ms., type: float, sample: 90.2}
-    max: {description: Longest gap in ms., type: float, sample: 95.0}
+    count:
+      description: Gaps measured.
+      type: int
+      sample: 48
+    p50:
+      description: Median gap in ms.
+      type: float
+      sample: 80.1
+    p95:
+      description: 95th percentile in ms.
+      type: float
+      sample: 84.0
+    p99:
+      description: 99th percentile in ms.
+      type: float
+      sample: 90.2
+    max:
+      description: Longest gap in ms.
+      type: float
+      sample: 95.0
+seconds:
+  description: Seconds of audio the probe was to stream (O(seconds)).
+  returned: always
+  type: float
+  sample: 10.0
+error:
+  description: Why the probe could not talk to the server (or was refused); null when it did. A set error fails the task.
+  returned: always
+  type: str
+  sample: null
+waited_ms:
+  description: Time until the handshake or the refusal (the wait for a slot included).
+  returned: a single probe
+  type: float
+  sample: 4.2
+wall_s:
+  description: Seconds from the first audio sent to the end of the stream.
+  returned: a single probe
+  type: float
+  sample: 10.9
+sent_s:
+  description: Seconds of audio sent.
+  returned: a single probe
+  type: float
+  sample: 10.0
+sent_bytes:
+  description: Opus bytes sent.
+  returned: a single probe
+  type: int
+  sample: 28412
+audio_received_s:
+  description: Seconds of audio received.
+  returned: a single probe
+  type: float
+  sample: 9.92
+audio_wall_s:
+  description: Seconds from the first audio received to the end of the last.
+  returned: a single probe
+  type: float
+  sample: 10.01
+realtime_ratio:
+  description: RV(audio_received_s) over RV(audio_wall_s) (1.0 keeps up).
+  returned: a single probe
+  type: float
+  sample: 0.991
+underrun_s:
+  description: When each underrun happened, seconds after the first send.
+  returned: a single probe
+  type: list
+  elements: float
+  sample: []
+arrival_s:
+  description: When each decoded audio message arrived, seconds after the first send (the verify page's picture).
+  returned: a single probe
+  type: list
+  elements: float
+  sample: [0.218, 0.298]
+close_code:
+  description: The server's close code when it ended the session first (or refused it); null otherwise.
+  returned: a single probe
+  type: int
+  sample: null
+close_reason:
+  description: The server's close reason with RV(close_code).
+  returned: a single probe
+  type: str
+  sample: null
+text_pieces:
+  description: Text messages received.
+  returned: a single probe
+  type: int
+  sample: 12
+text:
+  description: The text received, its first 200 characters.
+  returned: a single probe
+  type: str
+  sample: hello there
+other_kinds:
+  description: Messages of other kinds received, by kind.
+  returned: a single probe
+  type: dict
+  sample:
+    '6': 1
+probe_cpu_ms:
+  description: CPU time of the probe's own process while streaming (sending, receiving, decoding).
+  returned: a single probe
+  type: float
+  sample: 310.5
 callers:
-  description: >-
-    A load test's callers, each with the single probe's figures plus C(caller), C(start_s), C(outcome),
-    C(waited_ms) (until the handshake or the refusal), C(arrival_s) and C(underrun_s) (seconds after its
-    first send), and C(close_code) with C(close_reason) when refused or cut off.
+  description: A load test's callers, each with the single probe's figures plus C(caller), C(start_s), C(outcome),
+    C(waited_ms) (until the handshake or the refusal), C(arrival_s) and C(underrun_s) (seconds after its first send),
+    and C(close_code) with C(close_reason) when refused or cut off.
   returned: a load test
   type: list
   elements: dict
-  sample: [{caller: 0, start_s: 0.0, outcome: real-time, handshake_ms: 21.0, first_audio_ms: 230.0, underruns: 0}]
+  sample:
+  - caller: 0
+    start_s: 0.0
+    outcome: real-time
+    handshake_ms: 21.0
+    first_audio_ms: 230.0
+    underruns: 0
 summary:
   description: Callers per outcome.
   returned: a load test
   type: dict
-  sample: {real-time: 3, late: 1, cut off: 0, refused: 0}
+  sample:
+    real-time: 3
+    late: 1
+    cut off: 0
+    refused: 0
 """
 
 from ansible.module_utils.basic import AnsibleModule

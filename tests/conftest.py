@@ -41,6 +41,30 @@ def module_doc(module: str) -> dict:
     return json.loads(out.stdout)[module]
 
 
+# What Ansible itself adds to every module's result; the modules' own keys are in RETURN.
+ANSIBLE_RESULT_KEYS = {"changed", "failed", "msg", "invocation", "skipped", "warnings", "deprecations", "exception", "action"}
+
+
+def undocumented(module: str, result: dict) -> list[str]:
+    """Keys of a real `result` (nested where RETURN says `contains`) that the module's RETURN does not list."""
+
+    def walk(value, docs: dict, path: str) -> list[str]:
+        missing = []
+        for key, item in value.items():
+            if path == "" and (key in ANSIBLE_RESULT_KEYS or key.startswith("_ansible")):
+                continue
+            if key not in docs:
+                missing.append(path + key)
+            elif docs[key].get("contains"):
+                items = item if isinstance(item, list) else [item]
+                for element in items:
+                    if isinstance(element, dict):
+                        missing += walk(element, docs[key]["contains"], f"{path}{key}.")
+        return missing
+
+    return sorted(set(walk(result, module_doc(module)["return"], "")))
+
+
 @pytest.fixture
 def run_module():
     """Run one of the project's modules for real on the control node, return its result."""

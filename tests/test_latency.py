@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import module_doc
+from conftest import module_doc, undocumented
 from myca_ops.envfile import read_env_file
 from myca_ops.voice import latency
 
@@ -63,6 +63,7 @@ def test_step_latency_module_measures_the_lab_checkpoint(run_module, lab_weights
     returns = module_doc("moshi_step_latency")["return"]
     assert set(returns) <= set(result), "a documented return value is missing"
     assert set(returns["results"]["contains"]) <= set(result["results"][0])
+    assert undocumented("moshi_step_latency", result) == []
 
 
 def test_step_latency_module_rejects_bad_arguments(run_module):
@@ -98,6 +99,7 @@ def test_voice_probe_module_streams_voice(run_module, moshi_server):
     single = {key for key, doc in returns.items() if doc["returned"] != "a load test"}
     assert single <= set(result), "a documented return value is missing"
     assert set(returns["gap_ms"]["contains"]) == set(result["gap_ms"])
+    assert undocumented("moshi_voice_probe", result) == []
 
 
 def test_voice_probe_module_rejects_bad_arguments(run_module):
