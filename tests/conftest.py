@@ -42,7 +42,17 @@ def module_doc(module: str) -> dict:
 
 
 # What Ansible itself adds to every module's result; the modules' own keys are in RETURN.
-ANSIBLE_RESULT_KEYS = {"changed", "failed", "msg", "invocation", "skipped", "warnings", "deprecations", "exception", "action"}
+ANSIBLE_RESULT_KEYS = {
+    "changed",
+    "failed",
+    "msg",
+    "invocation",
+    "skipped",
+    "warnings",
+    "deprecations",
+    "exception",
+    "action",
+}
 
 
 def undocumented(module: str, result: dict) -> list[str]:

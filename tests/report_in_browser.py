@@ -28,10 +28,10 @@ READ_PAGE = """JSON.stringify({
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
+    for name in ("chromium", "chromium-browser", "google-chrome", "/snap/bin/chromium"):  # the last: Ubuntu's snap
         if path := shutil.which(name):
             return path
-    raise RuntimeError("no Chromium on this machine: apt-get install chromium (.ci/run installs it)")
+    raise RuntimeError("no Chromium on this machine: make prereqs installs it")
 
 
 async def read_page(page: Path, timeout: float = 30) -> dict:

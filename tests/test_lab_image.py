@@ -4,7 +4,6 @@ import pytest
 
 from myca_ops.lab import image
 
-
 NO_ENV: dict = {}
 
 
