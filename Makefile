@@ -17,16 +17,17 @@ help:  ## this list
 prereqs:  ## check the system packages both commands need; as root, install the missing ones
 	@$(PYTHON) src/myca_ops/lab/prereqs.py
 
-setup: prereqs $(STAMP)  ## the control node's .venv with the pinned dependencies
+setup: $(STAMP)  ## the control node's .venv with the pinned dependencies (all a deploy needs)
 
-$(STAMP): pyproject.toml requirements.yml | prereqs
+$(STAMP): pyproject.toml requirements.yml
+	@$(PYTHON) src/myca_ops/lab/prereqs.py --control-node
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "make setup: installing the pinned control-node dependencies into $(VENV)"
 	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[control]'
 	@$(BIN)/python -m myca_ops.setup_collections
 	@touch $@
 
-lab-image: setup  ## start the Docker engine and build the lab's Debian 12 image
+lab-image: prereqs setup  ## start the Docker engine and build the lab's Debian 12 image
 	@$(BIN)/python -m myca_ops.lab.image
 
 # The lab's Moshi: a wheelhouse with CPU torch (also installed here, to generate weights
@@ -59,7 +60,7 @@ lint: setup  ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/ruff format --check .
 
 # The fast tier: no Docker, no PostgreSQL, no weights (tests marked `lab` are left out).
-test-fast: lint  ## lint, then the tests that need no Docker, PostgreSQL or weights
+test-fast: prereqs lint  ## lint, then the tests that need no Docker, PostgreSQL or weights
 	$(BIN)/pytest -m "not lab"
 
 # The lab tier: the tests that need weights, moshi, PostgreSQL or Docker.

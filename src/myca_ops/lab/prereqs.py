@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The system packages `make lab` and `make test` need: checked first, installed when root.
 
-    python3 src/myca_ops/lab/prereqs.py [--check] [--markdown]
+    python3 src/myca_ops/lab/prereqs.py [--control-node] [--check] [--markdown]
 
-Run by `make prereqs` (which `make setup`, and so every other target, runs first) and by
-`.ci/run`. It needs nothing but the standard library and this interpreter, because it runs
+Run by `make prereqs` (which `make lab` and `make test` run first) and by `.ci/run`;
+`make setup` checks only what the control node's .venv needs (`--control-node`), so an
+operator who only deploys needs none of the lab's packages. It needs nothing but the standard library and this interpreter, because it runs
 before the project's venv exists (and before `make` may be installed). As root it installs
 what is missing with apt (Chromium on Ubuntu with snap); otherwise, or with `--check`, it
 names each missing package and the one command that installs them, and exits 1.
@@ -35,6 +36,7 @@ class Need:
     debian: str  # the package on Debian
     ubuntu: str  # the package on Ubuntu ("snap:NAME" for a snap)
     present: object  # () -> bool
+    lab: bool = True  # needed by the lab and the tests only, not to deploy
 
 
 def _has(*commands: str) -> bool:
@@ -52,13 +54,8 @@ def _venv_works() -> bool:
 def needs() -> list[Need]:
     venv_package = f"python{sys.version_info.major}.{sys.version_info.minor}-venv"
     return [
-        Need("make, to run the two commands", "make", "make", lambda: _has("make")),
-        Need(
-            "venv for the project's .venv",
-            venv_package,
-            venv_package,
-            _venv_works,
-        ),
+        Need("make, to run the two commands", "make", "make", lambda: _has("make"), lab=False),
+        Need("venv for the project's .venv", venv_package, venv_package, _venv_works, lab=False),
         Need("a Docker engine, for the lab hosts and molecule", "docker.io", "docker.io", lambda: _has("dockerd")),
         Need("debootstrap, to build the lab image", "debootstrap", "debootstrap", lambda: _has("debootstrap")),
         Need(
@@ -133,16 +130,18 @@ def generic(package: str) -> str:
 
 
 def markdown() -> str:
-    rows = ["| for | Debian package | Ubuntu package |", "|---|---|---|"]
+    rows = ["| for | needed by | Debian package | Ubuntu package |", "|---|---|---|---|"]
     for n in needs():
         ubuntu = f"{n.ubuntu.removeprefix('snap:')} (snap)" if n.ubuntu.startswith("snap:") else n.ubuntu
-        rows.append(f"| {n.what} | `{generic(n.debian)}` | `{generic(ubuntu)}` |")
+        by = "the lab and the tests" if n.lab else "every target (`make setup` too)"
+        rows.append(f"| {n.what} | {by} | `{generic(n.debian)}` | `{generic(ubuntu)}` |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check (and, as root, install) what make lab and make test need.")
     parser.add_argument("--check", action="store_true", help="only check; install nothing")
+    parser.add_argument("--control-node", action="store_true", help="only what the .venv needs (deploying)")
     parser.add_argument("--markdown", action="store_true", help="print the prerequisites as a Markdown table")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if family not in ("debian", "ubuntu"):
         print(f"prereqs: warning: {family} {version_id} is neither Debian nor Ubuntu; checking anyway", file=sys.stderr)
-    missing = [n for n in needs() if not n.present()]
+    missing = [n for n in needs() if not (args.control_node and n.lab) and not n.present()]
     if not missing:
         return 0
     commands = install_command(missing, family)
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(cmd, env=env).returncode != 0:
             print(f"prereqs: {' '.join(cmd)} failed; fix that and run it again", file=sys.stderr)
             return 1
-    still = [n.what for n in needs() if not n.present()]
+    still = [n.what for n in missing if not n.present()]
     if still:
         print(f"prereqs: still missing after the install: {', '.join(still)}", file=sys.stderr)
         return 1

@@ -113,7 +113,7 @@ def fetch_torch(
         if pip([*download, "--no-deps", "--index-url", cpu_index, f"torch=={version}"]) == 0:
             if got := _wheels(dest, version, python, cpu_only=False):
                 return got[-1]
-        tried.append(f"{CPU_INDEX_VARIABLE} ({cpu_index}): no torch=={version} for Python {python}")
+        tried.append(f"{CPU_INDEX_VARIABLE} ({cpu_index}): no torch=={version} for Python {python} there")
     else:
         tried.append(f"{CPU_INDEX_VARIABLE}: not set (PyTorch's CPU wheel index, or a mirror of it)")
     say(
@@ -123,7 +123,7 @@ def fetch_torch(
     )
     if pip([*download, f"torch=={version}"]) == 0 and (got := _wheels(dest, version, python, cpu_only=False)):
         return got[-1]
-    tried.append(f"the default index: no torch=={version} for Python {python}")
+    tried.append(f"the default index: pip download torch=={version} for Python {python} failed (its words are above)")
     raise WheelhouseError(f"torch=={version} (the lab's pin) for Python {python} not found; tried " + "; ".join(tried))
 
 
