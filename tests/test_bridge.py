@@ -61,7 +61,8 @@ def test_relays_byte_exact_both_ways_and_passes_the_query(tmp_path, upstream):
             echoed = [await ws.receive_bytes(timeout=5) for _ in messages]
             return handshake, meta, echoed
 
-    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN]) as base:
+    # 300 messages at once: over the default frame budget, which the flood test checks
+    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN], max_frames_per_s=1000) as base:
         handshake, meta, echoed = asyncio.run(session(base))
         status, text = http_get(base + "/metrics")
     assert handshake == b"\x00"
@@ -133,9 +134,10 @@ def test_a_caller_who_reconnects_right_after_hanging_up_gets_the_handshake(tmp_p
     assert metric(text, "myca_bridge_sessions_active") == 0
 
 
-def test_a_client_that_stops_reading_loses_its_slot_within_the_bounds(tmp_path, upstream):
-    """It floods the echo and never reads: the idle timeout (1 s) plus the bounded close (2 s) free the slot."""
-    with bridge(tmp_path, upstream=upstream, max_sessions=1, idle_timeout_s=1) as base:
+def test_a_client_that_stops_reading_loses_its_slot_while_its_socket_stays_open(tmp_path, upstream):
+    """It floods the echo and never reads (no pong to the bridge's pings): aborted after the write
+    stall (1 s), so a caller 1.5 s later is served while the attacker still holds its socket."""
+    with bridge(tmp_path, upstream=upstream, max_sessions=1, write_stall_s=1) as base:
         sock = raw_websocket(base)
         sock.setblocking(False)
         chunk = client_frame(b"\x01" + bytes(60_000))
@@ -144,13 +146,97 @@ def test_a_client_that_stops_reading_loses_its_slot_within_the_bounds(tmp_path, 
             while sent < 64 * 1024 * 1024:  # until both directions' buffers are full
                 sock.send(chunk)
                 sent += len(chunk)
-        t0 = time.monotonic()
-        first = asyncio.run(handshake_after(base, delay=3.5))
-        waited = time.monotonic() - t0
+        first = asyncio.run(handshake_after(base, delay=1.5))
+        _, text = http_get(base + "/metrics")
         sock.close()
     assert sent < 64 * 1024 * 1024, "the bridge never pushed back"
     assert (first.type, first.data) == (aiohttp.WSMsgType.BINARY, b"\x00")
-    assert waited < 6
+    assert metric(text, 'myca_bridge_sessions_total{outcome="write_stall"}') == 1
+
+
+def test_frames_that_are_not_audio_do_not_keep_a_session(tmp_path, upstream):
+    """A client that reads and answers pings but sends only junk (an unknown kind) is idle."""
+
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            t0 = time.monotonic()
+
+            async def junk():
+                while True:
+                    await ws.send_bytes(b"\x09")
+                    await asyncio.sleep(0.1)
+
+            sender = asyncio.create_task(junk())
+            msg = await ws.receive(timeout=10)
+            sender.cancel()
+            return msg, time.monotonic() - t0
+
+    with bridge(tmp_path, upstream=upstream, idle_timeout_s=1, write_stall_s=1) as base:
+        msg, after = asyncio.run(scenario(base))
+    assert (msg.data, msg.extra) == (4408, "idle: no audio from the client for 1 s")
+    assert after < 2
+
+
+def test_a_session_ends_at_its_longest_life(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            t0 = time.monotonic()
+            while True:  # a well-behaved caller: audio every 80 ms, everything read
+                await ws.send_bytes(b"\x01" + bytes(100))
+                msg = await ws.receive(timeout=5)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return msg, time.monotonic() - t0
+                await asyncio.sleep(0.08)
+
+    with bridge(tmp_path, upstream=upstream, max_session_s=1.5) as base:
+        msg, after = asyncio.run(scenario(base))
+    assert (msg.data, msg.extra) == (4410, "session limit: 1.5 s")
+    assert 1.2 < after < 3
+
+
+def test_a_flood_is_closed_and_never_reaches_the_upstream(tmp_path, upstream):
+    async def scenario(base):
+        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base)) as ws:
+            await opening(ws)
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                for _ in range(2000):
+                    await ws.send_bytes(b"\x01")
+                while (msg := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY:
+                    pass
+                return msg
+            return None  # the connection was reset under the sender: aborted
+
+    with bridge(tmp_path, upstream=upstream, max_frames_per_s=50) as base:
+        msg = asyncio.run(scenario(base))
+        _, text = http_get(base + "/metrics")
+    assert msg is None or msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    assert metric(text, 'myca_bridge_sessions_total{outcome="flood"}') == 1
+    assert metric(text, 'myca_bridge_messages_total{direction="to_upstream",kind="audio"}') <= 50
+
+
+def test_a_caller_who_hangs_up_abruptly_and_calls_again_at_once_is_served(tmp_path, upstream):
+    """No close handshake (a reset), then a new caller at once, with no retry: 30 times, never busy."""
+    import socket
+    import struct
+
+    async def scenario(base):
+        firsts = []
+        for _ in range(30):
+            sock = raw_websocket(base)
+            sock.settimeout(5)
+            seen = b""
+            while b"\x82\x01\x00" not in seen:  # the handshake byte's frame (after the bridge's first ping)
+                seen += sock.recv(64)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST
+            firsts.append(await handshake_after(base))
+        return firsts
+
+    with bridge(tmp_path, upstream=upstream, max_sessions=1) as base:
+        firsts = asyncio.run(scenario(base))
+    assert [m.data for m in firsts] == [b"\x00"] * 30
 
 
 def test_a_second_caller_gets_busy_at_once_and_the_first_is_unharmed(tmp_path, upstream):
@@ -217,7 +303,7 @@ def test_an_idle_client_is_closed(tmp_path, upstream):
 
     with bridge(tmp_path, upstream=upstream, idle_timeout_s=0.5) as base:
         msg = asyncio.run(scenario(base))
-    assert (msg.data, msg.extra) == (4408, "idle: no message from the client for 0.5 s")
+    assert (msg.data, msg.extra) == (4408, "idle: no audio from the client for 0.5 s")
 
 
 def test_a_dead_upstream_is_named_to_the_client_and_by_healthz(tmp_path):

@@ -10,6 +10,7 @@ in the bridge beyond one message per direction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -36,13 +37,22 @@ CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
 CLOSE_TEXT = WSCloseCode.UNSUPPORTED_DATA  # 1003
 CLOSE_TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
 CLOSE_UPSTREAM = WSCloseCode.BAD_GATEWAY  # 1014
+CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008: over the frame budget
 CLOSE_IDLE = 4408
+CLOSE_SESSION_LIMIT = 4410
+CLOSE_ABORTED = 1006  # reserved, never sent: what a client that stopped reading would see
+AUDIO = 1
+# Outcomes whose connection is aborted at once, without a close handshake: a client that reads
+# nothing cannot take part in one, and a flood is not worth the CPU of waiting for it.
+ABORTED = {"write_stall", "flood"}
 # aiohttp itself closes (with no reason) above this; between our limit and this we say why.
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
 TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
 CLOSE_TIMEOUT_S = 2.0
+BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
+REFUSAL_CLOSE_S = 0.1
 
 CONFIG = web.AppKey("config", BridgeConfig)
 STATE = web.AppKey("state", "BridgeState")
@@ -80,6 +90,13 @@ class Metrics:
         }
 
 
+class Liveness:
+    """When the client last answered a ping, last sent audio, and when its session started."""
+
+    def __init__(self) -> None:
+        self.started = self.last_pong = self.last_audio = time.monotonic()
+
+
 class BridgeState:
     def __init__(self, config: BridgeConfig) -> None:
         self.metrics = Metrics()
@@ -97,12 +114,15 @@ class BridgeState:
         self.per_address: dict[str, int] = {}  # open requests (websocket sessions included) per client
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
         self.background: set[asyncio.Task] = set()
+        self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
+        self.slot_freed = asyncio.Condition()
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro, closing: bool = False) -> None:
         """Run `coro` in the background, holding a reference until it ends."""
         task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        for tasks in (self.background, self.upstream_closes) if closing else (self.background,):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
 
 def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
@@ -132,6 +152,17 @@ async def close(
         pass
 
 
+async def slot_within(state: BridgeState, config: BridgeConfig, seconds: float) -> bool:
+    """Whether a session ends within `seconds`: a caller who hangs up abruptly and calls again at
+    once may arrive before the bridge has read the reset of the old connection."""
+    async with state.slot_freed:
+        try:
+            await asyncio.wait_for(state.slot_freed.wait_for(lambda: state.active < config.max_sessions), seconds)
+        except asyncio.TimeoutError:
+            return False
+    return True
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     config, state = request.app[CONFIG], request.app[STATE]
     m = state.metrics
@@ -143,17 +174,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
         m.sessions.labels("unauthorized").inc()
         raise web.HTTPUnauthorized(text="a valid token is required: header 'Authorization: Bearer T' or ?token=T\n")
 
+    # A refused caller is not waited for: its close frame is sent, then the connection closed
+    # after REFUSAL_CLOSE_S (a browser answers within it; a bot that never does costs nothing).
+    refused = state.active >= config.max_sessions and not await slot_within(state, config, BUSY_GRACE_S)
     # autoclose off: the bridge answers a client's close itself, after freeing the slot, so a
     # caller whose close handshake has finished can always connect again at once.
+    # No aiohttp heartbeat: its ping can wait forever behind a full write buffer, and its
+    # timer outlives a refused socket. The relay's own watch pings and reads the pongs.
     ws = web.WebSocketResponse(
         max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR,
-        autoping=True,
+        autoping=False,
         autoclose=False,
-        heartbeat=config.heartbeat_s,  # a half-open client that answers no ping is closed
-        timeout=CLOSE_TIMEOUT_S,  # how long a close waits for the client's answer
+        timeout=REFUSAL_CLOSE_S if refused else CLOSE_TIMEOUT_S,  # how long a close waits for the answer
     )
     await ws.prepare(request)
-    if state.active >= config.max_sessions:
+    if refused or state.active >= config.max_sessions:  # (taken by another caller during prepare)
         m.sessions.labels("busy").inc()
         busy = f"busy: {state.active} of {config.max_sessions} sessions in use; try again later"
         await close(ws, CLOSE_BUSY, busy, request.transport)
@@ -177,6 +212,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # The slot is free the moment either side is gone, before any close handshake: a caller
         # who reconnects right after hanging up (a page reload) must not be told "busy".
         state.active -= 1
+        async with state.slot_freed:
+            state.slot_freed.notify()
         m.sessions_active.dec()
         m.sessions.labels(outcome).inc()
         ended = time.time()
@@ -196,8 +233,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # Always end the upstream session too (moshi.server serves one at a time), in the
         # background; the client's close is bounded, so the handler ends within CLOSE_TIMEOUT_S.
         if upstream is not None:
-            state.spawn(close(upstream, 1000, "client gone" if outcome == "relayed" else reason))
-        await close(ws, code, reason, request.transport)
+            state.spawn(close(upstream, 1000, "client gone" if outcome == "relayed" else reason), closing=True)
+        if outcome in ABORTED:
+            if request.transport is not None:
+                request.transport.abort()
+        else:
+            await close(ws, code, reason, request.transport)
     return ws
 
 
@@ -211,6 +252,10 @@ class UpstreamBusy(Exception):
 
 async def connect_upstream(request: web.Request, config: BridgeConfig, state: BridgeState):
     t0 = time.perf_counter()
+    if state.upstream_closes:
+        # A session of ours that just ended may still hold its slot upstream until its close is
+        # answered: a caller who hangs up and calls again at once must not be told "busy".
+        await asyncio.wait(set(state.upstream_closes), timeout=CLOSE_TIMEOUT_S)
     try:
         upstream = await state.client.ws_connect(
             upstream_url(config, request),
@@ -231,12 +276,12 @@ async def connect_upstream(request: web.Request, config: BridgeConfig, state: Br
 
 
 async def relay(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics):
-    """Relay until one side ends; returns (outcome, close code, reason) as the client saw them."""
-    last_seen = [time.monotonic()]  # when the client last sent a message
+    """Relay until one side ends or a rule ends the session; returns (outcome, close code, reason)."""
+    seen = Liveness()
     tasks = {
-        asyncio.create_task(pump_from_client(ws, upstream, config, m, last_seen)),
+        asyncio.create_task(pump_from_client(ws, upstream, config, m, seen)),
         asyncio.create_task(pump_from_upstream(upstream, ws, m)),
-        asyncio.create_task(idle_watch(last_seen, config.idle_timeout_s)),
+        asyncio.create_task(watch(ws, seen, config)),
     }
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -249,29 +294,61 @@ async def relay(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Me
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def idle_watch(last_seen: list[float], idle_s: float):
-    """Ends the session when the client sends nothing for `idle_s` (one timer per session, not per message)."""
-    while (wait := last_seen[0] + idle_s - time.monotonic()) > 0:
-        await asyncio.sleep(wait)
-    return "idle", CLOSE_IDLE, f"idle: no message from the client for {idle_s:g} s"
+async def _ping(ws: web.WebSocketResponse) -> None:
+    with contextlib.suppress(Exception):  # the connection is going: the watch notices the silence
+        await ws.ping()
 
 
-async def pump_from_client(
-    ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics, last_seen: list[float]
-):
+async def watch(ws: web.WebSocketResponse, seen: Liveness, config: BridgeConfig):
+    """The session's rules, one timer for all: pings the client (its pongs prove it reads), and
+    ends the session on a write stall, on no audio for idle_timeout_s, or at max_session_s."""
+    interval = min(config.write_stall_s / 4, 5.0)
+    ping = None
+    try:
+        while True:
+            now = time.monotonic()
+            if now - seen.last_pong > config.write_stall_s:
+                stalled = now - seen.last_pong
+                return "write_stall", CLOSE_ABORTED, f"write stall: the client read nothing for {stalled:.1f} s"
+            if now - seen.last_audio > config.idle_timeout_s:
+                return "idle", CLOSE_IDLE, f"idle: no audio from the client for {config.idle_timeout_s:g} s"
+            if now - seen.started > config.max_session_s:
+                return "session_limit", CLOSE_SESSION_LIMIT, f"session limit: {config.max_session_s:g} s"
+            if ping is None or ping.done():  # one ping in flight: behind a full buffer it waits
+                ping = asyncio.create_task(_ping(ws))
+            await asyncio.sleep(interval)
+    finally:
+        if ping is not None:
+            ping.cancel()
+
+
+async def pump_from_client(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics, seen: Liveness):
     nbytes, relay_time, per_kind = m.per_direction["to_upstream"]
-    limit = config.max_message_bytes
+    limit, budget = config.max_message_bytes, config.max_frames_per_s
+    second, frames = 0, 0
     while True:
         msg = await ws.receive()
-        last_seen[0] = time.monotonic()
-        if msg.type == WSMsgType.BINARY:
+        if msg.type == WSMsgType.PONG:
+            seen.last_pong = time.monotonic()
+        elif msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type == WSMsgType.BINARY:
             data = msg.data
+            now = time.monotonic()
+            if int(now) != second:
+                second, frames = int(now), 0
+            frames += 1
+            if frames > budget:
+                m.dropped.labels("over_budget").inc()
+                return "flood", CLOSE_POLICY, f"over {budget} frames in a second"
             if len(data) > limit:
                 return "too_big", CLOSE_TOO_BIG, f"message of {len(data)} bytes is over the limit of {limit}"
             counter = per_kind.get(data[0]) if data else None
             if counter is None:
                 m.dropped.labels("unknown_kind").inc()
                 continue
+            if data[0] == AUDIO:
+                seen.last_audio = now
             started = time.perf_counter()
             await upstream.send_bytes(data)
             relay_time.observe(time.perf_counter() - started)

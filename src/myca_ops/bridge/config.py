@@ -24,7 +24,7 @@ class BridgeConfig:
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     max_sessions: int = 1  # moshi.server serves one session at a time
     upstream_slots: int = 0  # slots behind the upstream (a pool's total), named in "busy"; 0: not known
-    idle_timeout_s: float = 60.0  # close a session when the client sends nothing for this long
+    idle_timeout_s: float = 60.0  # close a session when the client sends no audio for this long
     max_message_bytes: int = 65536
     connect_timeout_s: float = 10.0
     mas_url: str = ""  # where session events are POSTed; empty: none
@@ -36,7 +36,11 @@ class BridgeConfig:
     metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_connections_per_address: int = 16  # open requests per client address; more get HTTP 429
     header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
-    heartbeat_s: float = 20.0  # websocket ping interval; no pong by the next one closes the session
+    # A client that has not read for this long (no pong to the bridge's pings, sent 4 times as
+    # often) loses its session at once: the connection is aborted, the slot freed.
+    write_stall_s: float = 10.0
+    max_session_s: float = 3600.0  # a session's longest life; the close reason says so
+    max_frames_per_s: int = 200  # a session over it is closed (the web client sends 50 pages a second)
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("ws://", "wss://")):
@@ -47,10 +51,11 @@ class BridgeConfig:
             "event_queue_size",
             "listen_port",
             "max_connections_per_address",
+            "max_frames_per_s",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r} (bridge_{name})")
-        for name in ("idle_timeout_s", "connect_timeout_s", "header_timeout_s", "heartbeat_s"):
+        for name in ("idle_timeout_s", "connect_timeout_s", "header_timeout_s", "write_stall_s", "max_session_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r} (bridge_{name})")
         if bool(self.tls_cert) != bool(self.tls_key):
