@@ -538,3 +538,41 @@ def test_a_refused_event_is_dropped_at_once_and_the_next_one_goes_through(tmp_pa
     assert [e["event"] for e, _ in received] == ["session_end"]  # not held up by the refused one
     assert received[0][1] == "Bearer " + "m" * 20
     assert metric(text, 'myca_bridge_events_dropped_total{reason="refused_400"}') == 1
+
+
+def raw_request(base: str, head: bytes) -> bytes:
+    """Send a hand-made request (any bytes in its headers) and return the status line."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_malformed_credentials_get_4xx_and_never_reach_the_log(tmp_path, upstream):
+    upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    upgrade += b"Sec-WebSocket-Version: 13\r\n"
+    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN]) as base:
+        port = base.rsplit(":", 1)[1]
+        not_utf8 = raw_request(
+            base, b"GET /api/chat HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Authorization: Bearer \xff\xfe\xc3(\r\n\r\n"
+        )
+        nul = raw_request(
+            base,
+            b"GET /api/chat HTTP/1.1\r\nHost: x\r\n"
+            + upgrade
+            + b"Authorization: Bearer "
+            + TOKEN.encode()
+            + b"\x00x\r\n\r\n",
+        )
+        in_query = raw_request(
+            base, b"GET /api/chat?token=" + TOKEN.encode() + b"%00 HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n"
+        )
+        time.sleep(0.5)
+        log = (tmp_path / f"bridge-{port}.log").read_text()
+    assert not_utf8.startswith(b"HTTP/1.1 401"), not_utf8
+    assert nul.split(b" ")[1] == b"400", nul  # aiohttp answers a request it cannot parse in HTTP/1.0
+    assert in_query.startswith(b"HTTP/1.1 401"), in_query
+    assert TOKEN not in log, "a credential reached the log"
+    assert "Traceback" not in log

@@ -303,7 +303,17 @@ def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
                 events, json.dumps({**forged, "at": 0}).replace('"at": 0', '"at": ' + "9" * 400).encode()
             ),
             "8 MiB": declared_only(port, "/api/myca/events", 8 * 2**20),
+            "NUL in reason": post(events, {**forged, "reason": "a\u0000b"}),
         }
+        nul_answer = urllib.request.Request(
+            events,
+            json.dumps({**forged, "peer": "\u0000"}).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {EVENTS_TOKEN}"},
+        )
+        try:
+            urllib.request.urlopen(nul_answer, timeout=10)
+        except urllib.error.HTTPError as exc:
+            nul_error = json.loads(exc.read())["error"]
     assert code == 200 and body["status"] == "ok" and body["version"]
     assert stored == [200, 200]
     assert refused == {
@@ -313,7 +323,9 @@ def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
         "extra key": 400,
         "400-digit at": 400,
         "8 MiB": 413,
+        "NUL in reason": 400,  # PostgreSQL cannot store it: refused, so the bridge drops it (no retry)
     }
+    assert nul_error.startswith("not a bridge event: peer: ") and "NUL" in nul_error
     rows = asyncio.run(fetch(mas_db, "SELECT body FROM bridge_events"))
     assert len(rows) == 1 and json.loads(rows[0]["body"])["outcome"] == "relayed"
 
@@ -352,6 +364,8 @@ def test_no_input_gives_a_500_on_any_route(tmp_path, mas_db):
 
     rng = random.Random(11)
     health_bodies = [json.dumps(random_json(rng)).encode() for _ in range(300)]
+    # Deeply nested documents: json's decoder (and str() of what it decodes) recurse.
+    health_bodies += [b"[" * 100_000 + b"]" * 100_000, b'{"error": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"] * 20
 
     class FakeBridge(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name

@@ -9,7 +9,7 @@ import sys
 import uvloop
 from aiohttp import web
 
-from myca_ops.bridge.app import AccessLog, make_app, server_ssl
+from myca_ops.bridge.app import AccessLog, RedactCredentials, make_app, server_ssl
 from myca_ops.bridge.config import BridgeConfig, ConfigError
 
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # on the handler: it sees every logger's records
+        handler.addFilter(RedactCredentials())
     try:
         config = BridgeConfig.load(args.config)
         ssl_context = server_ssl(config)

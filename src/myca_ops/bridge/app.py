@@ -23,6 +23,7 @@ import aiohttp
 import yarl
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from myca_ops.bridge.config import BridgeConfig
@@ -128,7 +129,30 @@ class BridgeState:
 def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
     auth = request.headers.get("Authorization", "")
     given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
-    return any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
+    # Any bytes a client sends compare (and fail) as bytes: never an encoding error, never a 500.
+    raw = given.encode("utf-8", "surrogateescape")
+    return any(hmac.compare_digest(raw, t.encode()) for t in tokens)
+
+
+class RedactCredentials(logging.Filter):
+    """Takes any bearer token or ?token= out of a log record, whoever logs it: aiohttp logs the raw
+    header line of a request it cannot parse, token included. Such a request (the client's fault)
+    becomes one warning line instead of an error with a traceback."""
+
+    PATTERN = re.compile(r"(Bearer\s+|token=)[^\s&'\"\\]+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if isinstance(exc, HttpProcessingError):
+            text = f"{text}: bad request: {exc}"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        elif record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = self.PATTERN.sub(r"\1REDACTED", text), None
+        return True
 
 
 def upstream_url(config: BridgeConfig, request: web.Request) -> str:

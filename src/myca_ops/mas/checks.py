@@ -34,17 +34,17 @@ async def bridge_health(base_url: str, timeout: float) -> dict:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
             async with http.get(base_url + "/healthz") as resp:
                 body = await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        return {"ok": False, "error": f"{base_url}/healthz: {type(exc).__name__}: {exc}".rstrip(": ")}
-    if not isinstance(body, dict):
-        return {"ok": False, "error": f"{base_url}/healthz answered {type(body).__name__}, not a JSON object"}
-    error = body.get("error")
-    return {
-        "ok": body.get("ok") is True,
-        "sessions": _number(body.get("sessions")),
-        "handshake_ms": _number(body.get("handshake_ms")),
-        "error": None if error is None else str(error)[:300],
-    }
+        if not isinstance(body, dict):
+            return {"ok": False, "error": f"{base_url}/healthz answered {type(body).__name__}, not a JSON object"}
+        error = body.get("error")
+        return {
+            "ok": body.get("ok") is True,
+            "sessions": _number(body.get("sessions")),
+            "handshake_ms": _number(body.get("handshake_ms")),
+            "error": None if error is None else _text(error, 300),
+        }
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as exc:
+        return {"ok": False, "error": f"{base_url}/healthz: {type(exc).__name__}: {exc}".rstrip(": ")[:300]}
 
 
 async def firing_alerts(prometheus_url: str, timeout: float) -> tuple[dict, list[dict]]:
@@ -63,17 +63,37 @@ async def firing_alerts(prometheus_url: str, timeout: float) -> tuple[dict, list
         firing = [a for a in alerts if isinstance(a, dict) and a.get("state") == "firing"]
         listed = [
             {
-                "name": str(a.get("labels", {}).get("alertname", "?"))[:100],
-                "severity": str(a.get("labels", {}).get("severity", ""))[:20],
-                "summary": str(a.get("annotations", {}).get("summary", ""))[:300],
-                "since": str(a.get("activeAt", ""))[:40],
-                "labels": {str(k)[:50]: str(v)[:100] for k, v in list(a.get("labels", {}).items())[:20]},
+                "name": _text(a.get("labels", {}).get("alertname", "?"), 100),
+                "severity": _text(a.get("labels", {}).get("severity", ""), 20),
+                "summary": _text(a.get("annotations", {}).get("summary", ""), 300),
+                "since": _text(a.get("activeAt", ""), 40),
+                "labels": {_text(k, 50): _text(v, 100) for k, v in list(a.get("labels", {}).items())[:20]},
             }
             for a in firing[:50]
         ]
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         return {"ok": False, "error": f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")[:300]}, []
     return {"ok": True, "error": None}, listed
+
+
+def _text(value, limit: int) -> str:
+    """A peer's value as a short string: a string as it is, anything else (deeply nested JSON
+    included, whose str() could recurse without end) named by its type."""
+    return (
+        value
+        if isinstance(value, str)
+        else f"<{type(value).__name__}>"
+        if isinstance(value, dict | list)
+        else str(value)
+    )[:limit]
 
 
 def _number(value) -> float | None:

@@ -29,7 +29,7 @@ import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from myca_ops.mas.checks import bridge_health, firing_alerts, tcp_reachable
 from myca_ops.mas.settings import Settings
@@ -217,6 +217,13 @@ class BridgeEvent(BaseModel):
     outcome: str | None = Field(default=None, pattern=NAME)
     close_code: int | None = Field(default=None, ge=1000, le=4999)
     reason: str | None = Field(default=None, max_length=200)
+
+    @field_validator("peer", "reason")
+    @classmethod
+    def no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("holds a NUL character (\\u0000), which PostgreSQL cannot store")
+        return value
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
