@@ -67,10 +67,16 @@ test-fast: prereqs lint  ## lint, then the tests that need no Docker, PostgreSQL
 pytest: lab-assets  ## the lab tier of pytest (weights, moshi, PostgreSQL, Docker)
 	$(BIN)/pytest -m lab
 
-molecule: lab-assets  ## molecule test for every scenario
-	$(BIN)/molecule test --all
+SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+molecule: lab-assets  ## molecule test for every scenario, each timed
+	@for s in $(SCENARIOS); do t0=$$(date +%s); $(BIN)/molecule test -s $$s || exit 1; \
+	echo "make molecule: $$s passed in $$(( $$(date +%s) - t0 )) s"; done
 
-test: test-fast pytest molecule  ## all of it: test-fast, pytest, molecule
+test:  ## all of it: test-fast, pytest, molecule; ends with each tier's time
+	@t0=$$(date +%s) && $(MAKE) --no-print-directory test-fast && t1=$$(date +%s) && \
+	$(MAKE) --no-print-directory pytest && t2=$$(date +%s) && \
+	$(MAKE) --no-print-directory molecule && t3=$$(date +%s) && \
+	echo "make test: fast tier $$((t1 - t0)) s, lab tier $$((t2 - t1)) s, molecule $$((t3 - t2)) s"
 
 clean:  ## remove the lab's hosts, the .venv and the lab's assets
 	@if [ -x $(BIN)/ansible-playbook ]; then $(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent; fi
