@@ -21,21 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
+from myca_ops.lab.callers import holding_the_slot, refused_upgrade, rss_mb
 from myca_ops.lab.processes import echo_upstream, free_port, process
-
-UPGRADE = (
-    b"GET /api/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def cpu_s(pid: int) -> float:
@@ -57,11 +44,7 @@ async def storm(base: str, refusals: int, addresses: int, concurrency: int, ling
         async with gate:
             source = f"127.{1 + i % addresses // 250}.{i % addresses % 250}.1"
             try:
-                reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
-                writer.write(UPGRADE)
-                head = await reader.readuntil(b"\r\n\r\n")
-                frame = await reader.readexactly(4) if head.startswith(b"HTTP/1.1 101") else b""
-                code = int.from_bytes(frame[2:4], "big") if frame[:1] == b"\x88" else int(head.split()[1])
+                code, writer = await refused_upgrade(host, int(port), source)
                 if linger:
                     task = asyncio.create_task(close_later(writer))
                     lingering.add(task)
@@ -81,19 +64,7 @@ async def storm(base: str, refusals: int, addresses: int, concurrency: int, ling
 
 
 async def run(args: argparse.Namespace, base: str, pid: int) -> None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(base.replace("http", "ws") + "/api/chat") as holder:
-        assert (await holder.receive(timeout=5)).data == b"\x00"
-
-        async def talk():
-            while True:
-                await holder.send_bytes(b"\x01")
-                await asyncio.sleep(0.5)
-
-        async def listen():
-            while True:
-                await holder.receive()
-
-        keepers = [asyncio.create_task(talk()), asyncio.create_task(listen())]
+    async with holding_the_slot(base.replace("http", "ws") + "/api/chat"):
         await asyncio.sleep(1)
         before, cpu0, t0 = rss_mb(pid), cpu_s(pid), time.perf_counter()
         codes = await storm(base, args.refusals, args.addresses, args.concurrency, args.linger)
@@ -101,8 +72,6 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> None:
         print(f"  waiting {args.after:g} s", flush=True)
         await asyncio.sleep(args.after)
         later = rss_mb(pid)
-        for keeper in keepers:
-            keeper.cancel()
     print(
         f"\n{'refusals':>9} {'from':>10} {'wall':>8} {'per s':>7} {'CPU/refusal':>12} {'RSS before':>11} "
         f"{'at the end':>11} {f'{args.after:g} s later':>11}  close codes"

@@ -7,6 +7,7 @@ must stay under 100 MB.  The table it prints is the one in docs/SECURITY.md:
     .venv/bin/pytest tests/test_edge_battery.py -s
 """
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -14,11 +15,11 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import aiohttp
 from test_bridge import chat_url, client_frame, raw_websocket
 
+from myca_ops.lab.callers import holding_the_slot, refused_upgrade, rss_mb
 from myca_ops.lab.processes import free_port, process
 
 RSS_LIMIT_MB = 100
@@ -31,13 +32,6 @@ SETTINGS = {
     "header_timeout_s": 2,
     "max_connections_per_address": 2000,  # every attacker here shares 127.0.0.1 with the real caller
 }
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def handshake_ms(base: str, within_s: float = 1.0) -> float | None:
@@ -56,7 +50,7 @@ async def handshake_ms(base: str, within_s: float = 1.0) -> float | None:
     return None
 
 
-class Attack:
+class Attack(abc.ABC):
     """An attacker that runs in a thread of its own until the battery is done with it (its socket
     open all along); `seen` says what it saw."""
 
@@ -67,8 +61,9 @@ class Attack:
         self.base, self.seen, self.stop = base, "", threading.Event()
         self.thread = threading.Thread(target=self.guarded, daemon=True)
 
+    @abc.abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """The attack; it sets `seen`, then holds its sockets until `stop` is set."""
 
     def guarded(self) -> None:
         try:
@@ -190,12 +185,6 @@ class HalfOpen(Attack):
         self.seen = f"1,000 connections that never finish their headers: {closed} closed by the bridge"
 
 
-UPGRADE = (
-    b"GET /api/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
 class Refusals(Attack):
     """A caller holds the only slot (an empty audio page every 0.5 s, everything read) while 2,000
     upgrades from 50 addresses in 127.0.0.0/8 are refused, their sockets left open; the holder
@@ -209,31 +198,13 @@ class Refusals(Attack):
         writers = []
 
         async def refused(i: int) -> None:
-            reader, writer = await asyncio.open_connection(host, int(port), local_addr=(f"127.0.{i % 50}.2", 0))
-            writer.write(UPGRADE)
-            head = await reader.readuntil(b"\r\n\r\n")
-            frame = await reader.readexactly(4) if head.startswith(b"HTTP/1.1 101") else b""
-            code = int.from_bytes(frame[2:4], "big") if frame[:1] == b"\x88" else 0
+            code, writer = await refused_upgrade(host, int(port), f"127.0.{i % 50}.2")
             codes[code] = codes.get(code, 0) + 1
             writers.append(writer)  # never closed until the battery is done
 
-        async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(self.base)) as holder:
-            assert (await holder.receive(timeout=5)).data == b"\x00"
-
-            async def talk():
-                while True:
-                    await holder.send_bytes(b"\x01")
-                    await asyncio.sleep(0.5)
-
-            async def listen():
-                while True:
-                    await holder.receive()
-
-            keepers = [asyncio.create_task(talk()), asyncio.create_task(listen())]
+        async with holding_the_slot(chat_url(self.base)):
             for batch in range(40):
                 await asyncio.gather(*(refused(batch * 50 + i) for i in range(50)))
-            for keeper in keepers:
-                keeper.cancel()
         self.seen = f"2,000 upgrades from 50 addresses while the slot was held: close codes {codes}"
         while not self.stop.is_set():
             await asyncio.sleep(0.1)
