@@ -150,7 +150,8 @@ class HugeFrame(Attack):
         sock.settimeout(5)
         try:
             answer = sock.recv(64)
-            while answer[:1] == b"\x89":  # the bridge's ping may come first
+            # The bridge's ping and Moshi's handshake byte may come first: skip frames up to the close.
+            while answer[:1] in (b"\x89", b"\x82") and len(answer) >= 2:
                 answer = answer[2 + answer[1] :] or sock.recv(64)
         except ConnectionResetError:
             answer = b""  # the close frame can be lost to the reset of a socket closed with unread bytes
