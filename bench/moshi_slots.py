@@ -2,8 +2,8 @@
 
 For each B, an engine with B slots, every slot fed a new frame each tick (a full server:
 masked slots are computed all the same, so the tick cost follows the slots, not the callers).
-Random weights with the real shapes (the 7B LM in bf16 and the full Mimi; `--small`: a tiny LM
-in float32 on CPU), one process per mode because moshi reads NO_TORCH_COMPILE at import:
+Random weights with the real shapes (the 7B LM and the full Mimi; `--small`: a tiny LM), in the
+service's dtype (bf16 on a GPU, float32 on CPU: myca_ops.voice.model), one process per mode because moshi reads NO_TORCH_COMPILE at import:
 
     python bench/moshi_slots.py --device cuda                           # graphs, compile+graphs
     python bench/moshi_slots.py --small --device cpu --batches 1,2,4    # anywhere
@@ -21,53 +21,27 @@ import sys
 import time
 from pathlib import Path
 
-from myca_ops.voice.engine import STAGES, SlotEngine
-from myca_ops.voice.latency import run_mode
-from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
-from myca_ops.voice.stats import summary
+from myca_ops.voice import model
+from myca_ops.voice.latency import measure_slots, run_mode
+from myca_ops.voice.protocol import FRAME_BUDGET_MS
 
 
 def measure(mode: str, device: str, small: bool, batches: list[int], ticks: int, warmup: int) -> dict:
-    """In this process (moshi's switches already set for `mode`): every B, one after the other."""
+    """In this process (moshi's switches already set for `mode`): every B, one after the other, on
+    the engine the server makes (myca_ops.voice.model: its dtype rule, its warm-up)."""
     import torch
-    from moshi.models import LMGen
 
-    from myca_ops.voice.latency import _random_models
-    from myca_ops.voice.probe import speech_like
-
-    torch.set_grad_enabled(False)
-    cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    mimi, lm, gen_config = _random_models("small" if small else "full", device, dtype)
-    audio = speech_like((ticks + warmup) * FRAME_SAMPLES / 24000 + 0.1)
+    loaded = model.load({"MYCA_MOSHI_DEVICE": device}, "small" if small else "full")
     rows = []
     for b in batches:
-        print(f"[bench] {mode}: B={b} ({ticks} ticks)", file=sys.stderr, flush=True)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated() if cuda else 0
-        engine = SlotEngine(mimi, LMGen(lm, support_out_of_sync=True, **gen_config), b, device)
-        times = {stage: [] for stage in (*STAGES, "total")}
         started = time.perf_counter()
-        for i in range(ticks + warmup):
-            frame = audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-            _, stages = engine.tick(dict.fromkeys(range(b), frame), set(range(b)) if i == 0 else set())
-            if i >= warmup:
-                for stage, ms in (*stages.items(), ("total", sum(stages.values()))):
-                    times[stage].append(ms)
-        row = {"batch": b, "wall_s": round(time.perf_counter() - started, 1)}
-        row["stages"] = {stage: summary(values) for stage, values in times.items()}
-        if cuda:
-            torch.cuda.synchronize()
-            row["mib_per_slot"] = round((torch.cuda.memory_allocated() - before) / 2**20 / b, 1)
-        engine.close()
-        del engine
-        rows.append(row)
+        row = measure_slots(loaded, b, ticks, warmup)
+        rows.append({**row, "batch": b, "wall_s": round(time.perf_counter() - started, 1)})
+    cuda = device.startswith("cuda")
     return {
         "mode": mode,
         "device": device,
-        "lm": "tiny (float32)" if small else "7B shapes (bf16)",
+        "lm": f"{'tiny' if small else '7B shapes'} ({str(loaded.dtype).removeprefix('torch.')})",
         "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
         "torch_version": torch.__version__,
         "rows": rows,
@@ -89,7 +63,7 @@ def table(results: list[dict]) -> str:
             s, b = row["stages"], row["batch"]
             per = s["total"]["p50"] / b
             ratio = f"{per / one['stages']['total']['p50']:.2f}x" if one else "-"
-            mib = f"{row['mib_per_slot']:.0f}" if "mib_per_slot" in row else "-"
+            mib = f"{row['slot_mib']:.0f}" if row.get("slot_mib") is not None else "-"
             lines.append(
                 f"{r['mode']:<15} {b:>3} {s['encode']['p50']:>8.2f} {s['lm_step']['p50']:>8.2f} {s['decode']['p50']:>8.2f} "
                 f"{s['total']['p50']:>9.2f} {s['total']['p99']:>9.2f} {per:>9.2f} {ratio:>7} {mib:>9}"
@@ -134,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.warmup),
     ]
     child += ["--small"] if args.small else []
-    results = [run_mode(mode, child, timeout=args.timeout, program=(__file__,), show_progress=True) for mode in modes]
+    results = [run_mode(mode, child, timeout=args.timeout, program=(__file__,)) for mode in modes]
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

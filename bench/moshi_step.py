@@ -1,7 +1,8 @@
 """Moshi's per-frame step latency in the three modes, side by side in one run.
 
-Random weights with the real shapes (the 7B LM in bf16 and the full Mimi; `--small` for a
-tiny LM on CPU), one process per mode because moshi reads NO_TORCH_COMPILE at import:
+One session (the batched server's engine with one slot), random weights with the real shapes (the
+7B LM and the full Mimi; `--small` for a tiny LM), in the service's dtype (bf16 on a GPU, float32
+on CPU), one process per mode because moshi reads NO_TORCH_COMPILE at import:
 
     eager           NO_TORCH_COMPILE=1 NO_CUDA_GRAPH=1   (the field report's slow mode)
     graphs          NO_TORCH_COMPILE=1                   (CUDA graphs, no Triton needed)
@@ -27,12 +28,12 @@ from myca_ops.voice.protocol import FRAME_BUDGET_MS
 def table(results: list[dict]) -> str:
     head = f"{'mode':<15} {'encode':>8} {'lm step':>8} {'decode':>8} {'p50':>8} {'p95':>8} {'p99':>8} {'RTF':>6} {'vs eager':>9}"
     lines = [head, "-" * len(head)]
-    eager = next((r for r in results if r["mode"] == "eager" and "error" not in r), None)
+    eager = next((r["results"][0] for r in results if r["mode"] == "eager" and "error" not in r), None)
     for r in results:
         if "error" in r:
             lines.append(f"{r['mode']:<15} failed: {r['error']}")
             continue
-        s = r["stages"]
+        s = r["results"][0]["stages"]
         p99 = s["total"]["p99"]
         speedup = f"{eager['stages']['total']['p99'] / p99:.2f}x" if eager else "-"
         lines.append(
@@ -66,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         str(args.warmup),
         "--random",
         "small" if args.small else "full",
+        "--slots",
+        "1",
     ]
     results = []
     for mode in args.modes.split(","):
         print(f"[bench] measuring {mode} ({args.frames} frames)...", file=sys.stderr, flush=True)
-        results.append(run_mode(mode, child, timeout=args.timeout, show_progress=True))
+        results.append(run_mode(mode, child, timeout=args.timeout))
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -12,8 +12,11 @@ description:
     driver folder), and, with an interpreter that has torch, whether torch sees CUDA and
     whether Triton can compile a kernel through torch.compile, plus the C compiler and
     Python headers that inductor needs at Moshi's first frame.
-  - Derives C(recommended_moshi_mode), C(compile+graphs), C(graphs) (CUDA graphs need only
-    CUDA, not Triton) or C(cpu), with the reason.
+  - Gets C(recommended_moshi_mode), C(compile+graphs), C(graphs) (CUDA graphs need only
+    CUDA, not Triton) or C(cpu), with the reason, from C(python -m myca_ops.voice.model probe) run by
+    O(python). The same function decides the mode for the service, C(myca-moshi serve --auto) and these
+    facts. An interpreter without myca_ops (the system Python before the moshi role made its venv)
+    gives no mode, and says so.
 options:
   python:
     description: Interpreter whose torch, Triton and Python headers are probed (the one that runs Moshi).
@@ -156,13 +159,19 @@ ansible_facts:
           type: float
           sample: 120.5
         recommended_moshi_mode:
-          description: V(compile+graphs), V(graphs) (CUDA graphs need no Triton) or V(cpu).
+          description: V(compile+graphs), V(graphs) (CUDA graphs need no Triton) or V(cpu); null when
+            O(python) was not probed (no myca_ops or torch in it, or O(probe_torch=false)).
           type: str
           sample: compile+graphs
         recommended_moshi_mode_reason:
-          description: Why that mode.
+          description: Why that mode, or why none.
           type: str
-          sample: Triton compiles a kernel on cuda:0
+          sample: 'CUDA and Triton 3.5.1 compile a kernel: torch.compile and CUDA graphs on'
+        recommended_moshi_mode_limit:
+          description: What keeps the mode below compile+graphs, as data (V(no_cuda), V(no_triton),
+            V(triton_fails), V(not_probed)); null for compile+graphs. The step-latency verdict reads it.
+          type: str
+          sample: no_triton
         kernel:
           description: The kernel version line read from O(proc_version_path).
           type: str

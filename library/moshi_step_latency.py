@@ -1,22 +1,33 @@
 #!/usr/bin/python
-# Measure Moshi's per-frame step latency on the host and judge whether it is real-time.
+# Measure how many conversations Moshi carries in real time on this host, on the engine that serves them.
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: moshi_step_latency
-short_description: Measure Moshi's per-frame step latency against the 80 ms frame budget
+short_description: Measure how many conversations Moshi carries in real time on this host
 description:
-  - Loads the service's model (same weights, config, dtype and device, read from its environment
-    file) in the service's venv, warms up, then times frames of C(mimi.encode), C(lm_gen.step) and
-    C(mimi.decode) per stage (CUDA events on a GPU).
-  - Returns p50, p95, p99 and max per stage, the real-time factor (p99 / 80 ms) and a verdict
-    with its cause.
+  - Loads the service's model as the batched server does (the same weights, dtype, device, sampling and
+    mode, read from its environment file, through myca_ops.voice.model), makes the server's engine with the
+    service's slot count, warms it up as the server does, and times its tick (C(mimi.encode),
+    C(lm_gen.step) and C(mimi.decode) for every slot at once) with every slot talking, the worst case.
+    CUDA events on a GPU, perf_counter on CPU.
+  - Then one slot alone (a single session) and, when the configured slots do not fit the 80 ms budget,
+    fewer, until the largest count that fits is found. Returns per slot count the tick's p50, p95, p99
+    and max per stage and the GPU memory per slot, and a capacity verdict with its cause, for example
+    "carries 16 conversations in real time (tick p99 21.3 ms at 16 slots, budget 80 ms)".
+  - The slot count is the service's C(moshi_slots); with 0 on a GPU, the running service's own count from its
+    /healthz, else counted from free memory as the service counts it; 1 for O(source=service_log) and for
+    moshi.server (C(moshi_server=upstream)), which serves one conversation.
+  - It runs in a process of its own beside the service, not inside it. What an operator gives up. Beside a
+    service that is serving, the two share the device and the figures are pessimistic; on a GPU the
+    measurement needs memory for a second copy of the model and its slots, or O(stop_service=true), which
+    takes the service down for the measurement (a model load and the ticks).
   - With O(mode=compare) it also measures eager (the slow mode), graphs only and graphs with
-    torch.compile, each in its own process.
-  - With O(source=service_log) it reads the service's own frame times from its journal instead,
-    with no model load.
+    torch.compile, each in its own process, at the service's slot count.
+  - With O(source=service_log) it reads moshi.server's own frame times from its journal instead,
+    with no model load (C(moshi_server=upstream)).
 options:
   python:
     description: The Moshi venv's interpreter (myca_ops installed in it).
@@ -37,11 +48,11 @@ options:
     choices: [service, compare]
     default: service
   frames:
-    description: Frames timed after the warm-up.
+    description: Ticks timed per slot count, after the warm-up.
     type: int
     default: 100
   warmup:
-    description: Frames run before timing.
+    description: Ticks run before timing, per slot count.
     type: int
     default: 10
   since:
@@ -57,7 +68,7 @@ options:
     type: bool
     default: false
   require_realtime:
-    description: Fail when the verdict is not real-time.
+    description: Fail when the configured slots do not all fit the budget (the cause names the count that does).
     type: bool
     default: false
   timeout:
@@ -73,15 +84,15 @@ attributes:
 notes:
   - Free GPU memory is checked before loading; the running service is never touched unless
     O(stop_service=true).
-  - On CPU the honest verdict is "not real-time" for the full model; a verdict always comes from
-    the measurement of the deployed model, never from whether a GPU is present.
+  - On CPU the honest count for the lab's two slots is 1 or 0; a verdict always comes from the measurement
+    of the deployed model, never from whether a GPU is present.
 author: myca-ops
 extends_documentation_fragment:
   - myca_container  # doc_fragments/, named in ansible.cfg
 """
 
 EXAMPLES = r"""
-- name: Measure the service's mode and fail when it cannot keep up
+- name: Measure the service's capacity and fail when its configured slots do not fit
   moshi_step_latency:
     require_realtime: true
   register: step
@@ -94,15 +105,31 @@ EXAMPLES = r"""
 
 RETURN = r"""
 realtime:
-  description: Whether the p99 frame of the first measured mode fits the 80 ms budget.
+  description: Whether the tick with all the configured slots talking fits the 80 ms budget (p99).
   returned: success
   type: bool
   sample: false
-cause:
-  description: Why, with the figures; names what to change when not real-time.
+capacity:
+  description: The most conversations this host carries in real time, up to the configured slots.
+  returned: success
+  type: int
+  sample: 1
+slots:
+  description: The configured slot count measured first.
+  returned: success
+  type: int
+  sample: 2
+slots_source:
+  description: Where that count comes from (moshi_slots, the running service's /healthz, free memory).
   returned: success
   type: str
-  sample: 'no CUDA device: p99 241.0 ms per frame against a 80 ms budget on CPU'
+  sample: moshi_slots
+cause:
+  description: The capacity verdict with its figures; names what to change when the configured slots do not fit.
+  returned: success
+  type: str
+  sample: 'no CUDA device (CPU): carries 1 of 2 conversations in real time (tick p99 85.9 ms at 2 slots,
+    budget 80 ms); 1 fit (tick p99 72.1 ms): set moshi_slots: 1'
 mode:
   description: The mode measured first (the service's).
   returned: success
@@ -112,32 +139,79 @@ mode_reason:
   description: Why the service runs in that mode.
   returned: success
   type: str
-  sample: 'Triton cannot compile (no C compiler): CUDA graphs need no Triton'
+  sample: 'CUDA graphs on, torch.compile off: Triton is not installed: pip install the triton release your torch names'
+mode_limit:
+  description: What keeps the mode below compile+graphs, as data (no_cuda, no_triton, triton_fails, forced);
+    null for compile+graphs.
+  returned: success
+  type: str
+  sample: no_triton
+device:
+  description: The torch device measured on.
+  returned: success
+  type: str
+  sample: cuda
+dtype:
+  description: The LM's dtype, the service's (bfloat16 or float16 on a GPU, float32 on CPU).
+  returned: O(source=measure)
+  type: str
+  sample: bfloat16
 budget_ms:
   description: The frame budget, 80 ms (12.5 frames per second).
   returned: success
   type: float
   sample: 80.0
+load_s:
+  description: Seconds the model took to load.
+  returned: O(source=measure)
+  type: float
+  sample: 12.4
+gpu_name:
+  description: The GPU's name, null on CPU.
+  returned: O(source=measure)
+  type: str
+  sample: NVIDIA H100 80GB HBM3
+torch_version:
+  description: torch in the venv.
+  returned: O(source=measure)
+  type: str
+  sample: 2.9.1+cu128
+triton_version:
+  description: Triton in the venv, null without it.
+  returned: O(source=measure)
+  type: str
+  sample: 3.5.1
+compare:
+  description: With O(mode=compare), each mode's capacity and verdict, the service's first.
+  returned: O(mode=compare) on a GPU
+  type: list
+  elements: dict
+  sample:
+  - mode: graphs
+    capacity: 16
+    realtime: true
+    cause: carries 16 conversations in real time (tick p99 21.3 ms at 16 slots, budget 80 ms) in mode graphs
+    error: null
 results:
-  description: One entry per measured mode, the service's first.
+  description: One entry per measured slot count, the configured count first, then 1 and any counts searched.
   returned: success
   type: list
   elements: dict
   contains:
+    slots:
+      description: Slots in the engine, all talking.
+      type: int
+      sample: 2
     mode:
       description: The mode (V(cpu), V(eager), V(graphs) or V(compile+graphs)).
       type: str
       sample: cpu
-    device:
-      description: The torch device measured on.
+    label:
+      description: Mode and slot count, as the verify report's histogram names it.
       type: str
-      sample: cuda
-    load_s:
-      description: Seconds the model took to load.
-      type: float
-      sample: 12.4
+      sample: cpu, 2 slots
     stages:
-      description: Per stage (encode, lm_step, decode, total), count, p50, p95, p99 and max in ms.
+      description: Per stage (encode, lm_step, decode, total), count, p50, p95, p99 and max of the tick in ms.
       type: dict
       sample:
         total:
@@ -147,37 +221,25 @@ results:
           p99: 35.1
           max: 40.2
     samples_ms:
-      description: Each timed frame's total in ms, in order (the verify report's histogram).
+      description: Each timed tick's total in ms, in order (the verify report's histogram).
       type: list
       elements: float
       sample:
       - 31.0
       - 30.8
       - 35.1
+    slot_mib:
+      description: GPU memory per slot (KV caches, codec state) in MiB; null on CPU.
+      type: float
+      sample: 310.5
     realtime_factor:
-      description: p99 of the total over the 80 ms budget (under 1 keeps up).
+      description: p99 of the tick over the 80 ms budget (under 1 keeps up).
       type: float
       sample: 0.44
-    gpu_name:
-      description: The GPU's name, null on CPU.
-      type: str
-      sample: NVIDIA H100 80GB HBM3
-    torch_version:
-      description: torch in the venv.
-      type: str
-      sample: 2.9.1+cu128
-    triton_version:
-      description: Triton in the venv, null without it.
-      type: str
-      sample: 3.5.1
     realtime:
-      description: Whether this mode keeps up.
+      description: Whether this slot count keeps up.
       type: bool
       sample: true
-    cause:
-      description: This mode's verdict with its figures.
-      type: str
-      sample: p99 35.1 ms per frame fits the 80 ms budget
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -228,7 +290,7 @@ def main():
     if result.get("error"):
         module.fail_json(msg=result["error"], **{k: v for k, v in result.items() if k != "error"})
     if p["require_realtime"] and not result["realtime"]:
-        module.fail_json(msg="Moshi is not real-time on this host: %s" % result["cause"], **result)
+        module.fail_json(msg="Moshi's configured slots are not real-time on this host: %s" % result["cause"], **result)
     module.exit_json(changed=stopping, **result)
 
 

@@ -7,48 +7,26 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 
 NVIDIA_SMI_QUERY = [
     "--query-gpu=name,memory.total,memory.free,driver_version",
     "--format=csv,noheader,nounits",
 ]
 
-# Run by the interpreter that will run Moshi.  torch.compile of a tiny function on CUDA
-# goes through inductor, Triton, the C compiler and Python.h: exactly what moshi needs at
-# its first frame.  Caches go to a temporary folder: facts never change the host.
-TORCH_PROBE = r"""
-import json, sys
-out = {"torch_version": None, "torch_cuda_available": False, "torch_cuda_version": None,
-       "torch_devices": [], "triton_version": None, "triton_compiles": False, "triton_error": None}
-try:
-    import torch
-except Exception as exc:
-    out["probe_error"] = "torch is not importable: %s" % exc
-    print(json.dumps(out)); sys.exit(0)
-out["torch_version"] = torch.__version__
-out["torch_cuda_version"] = torch.version.cuda
-out["torch_cuda_available"] = bool(torch.cuda.is_available())
-if out["torch_cuda_available"]:
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        out["torch_devices"].append({"name": torch.cuda.get_device_name(i),
-                                     "memory_total_mib": total // 2**20, "memory_free_mib": free // 2**20})
-try:
-    import triton
-    out["triton_version"] = triton.__version__
-except Exception as exc:
-    out["triton_error"] = "triton is not importable: %s" % exc
-if out["torch_cuda_available"] and out["triton_version"]:
-    try:
-        fn = torch.compile(lambda x: x * 2 + 1)
-        ok = fn(torch.ones(8, device="cuda")).sum().item() == 24
-        out["triton_compiles"] = bool(ok)
-    except Exception as exc:
-        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-        out["triton_error"] = "%s: %s" % (type(exc).__name__, lines[-1] if lines else "")
-print(json.dumps(out))
-"""
+# The interpreter that will run Moshi probes itself with myca_ops (installed in its venv by the
+# moshi role): its CUDA, Triton and the mode it gets come from myca_ops.voice.model, the one
+# place that decides the mode.  Caches go to a temporary folder: facts never change the host.
+MODEL_PROBE = ["-m", "myca_ops.voice.model", "probe"]
+NOT_PROBED = {
+    "torch_version": None,
+    "torch_cuda_available": False,
+    "torch_cuda_version": None,
+    "torch_devices": [],
+    "triton_version": None,
+    "triton_compiles": False,
+    "triton_error": None,
+    "probe_error": None,
+}
 
 
 def parse_proc_version(text: str) -> dict:
@@ -82,33 +60,6 @@ def parse_nvidia_smi(csv_text: str) -> list[dict]:
             }
         )
     return gpus
-
-
-def recommend_mode(facts: dict) -> tuple[str, str]:
-    """The fastest Moshi mode that works here, and why.  CUDA graphs need only CUDA."""
-    torch_probed = facts.get("torch_version") is not None
-    if torch_probed:
-        cuda = facts.get("torch_cuda_available", False)
-        no_cuda = "torch %s sees no CUDA device" % facts["torch_version"]
-    else:
-        cuda = facts.get("gpu_count", 0) > 0
-        no_cuda = "no NVIDIA GPU found (nvidia-smi %s)" % ("lists none" if facts.get("nvidia_smi") else "not found")
-    if not cuda:
-        return "cpu", no_cuda
-    missing = []
-    if not torch_probed:
-        missing.append("Triton not checked: no torch in %s" % facts.get("python"))
-    elif not facts.get("triton_version"):
-        missing.append("Triton is not installed")
-    elif not facts.get("triton_compiles"):
-        missing.append("Triton cannot compile: %s" % (facts.get("triton_error") or "unknown error"))
-    if not facts.get("c_compiler"):
-        missing.append("no C compiler (install gcc)")
-    if not facts.get("python_headers"):
-        missing.append("Python.h missing for %s (install python3-dev)" % facts.get("python"))
-    if missing:
-        return "graphs", "CUDA graphs on, torch.compile off: " + "; ".join(missing)
-    return "compile+graphs", "CUDA and a working Triton toolchain: torch.compile and CUDA graphs on"
 
 
 def _run(cmd: list[str], timeout: float) -> tuple[int, str, str]:
@@ -189,35 +140,30 @@ def collect(
             facts["python_include"] = out.strip()
             facts["python_headers"] = os.path.exists(os.path.join(out.strip(), "Python.h"))
 
-    torch = {"torch_version": None, "torch_cuda_available": False, "torch_cuda_version": None, "torch_devices": []}
-    torch.update(triton_version=None, triton_compiles=False, triton_error=None, probe_error=None)
+    probed = dict(NOT_PROBED, mode=None, reason="not probed (probe_torch: false)", limit="not_probed")
     if probe_torch and facts["python_found"]:
         # The service gets TRITON_LIBCUDA_PATH on WSL2; the probe must see the same.
         extra = {"TRITON_LIBCUDA_PATH": facts["triton_libcuda_path"]} if facts["triton_libcuda_path"] else {}
-        torch.update(_probe_torch(python, probe_timeout, extra))
-    facts.update(torch)
-    facts["recommended_moshi_mode"], facts["recommended_moshi_mode_reason"] = recommend_mode(facts)
+        probed.update(_probe_torch(python, probe_timeout, extra))
+    facts.update({key: probed.get(key) for key in NOT_PROBED})
+    facts["recommended_moshi_mode"] = probed["mode"]
+    facts["recommended_moshi_mode_reason"] = probed["reason"]
+    facts["recommended_moshi_mode_limit"] = probed["limit"]
     return facts
 
 
 def _probe_torch(python: str, timeout: float, extra_env: dict) -> dict:
-    with tempfile.TemporaryDirectory(prefix="gpu-facts-") as tmp:
-        script = os.path.join(tmp, "probe.py")  # triton.jit reads source, so no `python -c`
-        with open(script, "w") as f:
-            f.write(TORCH_PROBE)
-        cmd = [
-            "env",
-            f"TRITON_CACHE_DIR={tmp}/triton",
-            f"TORCHINDUCTOR_CACHE_DIR={tmp}/inductor",
-            *(f"{k}={v}" for k, v in extra_env.items()),
-            python,
-            script,
-        ]
-        rc, out, err = _run(cmd, timeout)
+    """`python -m myca_ops.voice.model probe`: the facts and the mode, or why there are none."""
+    rc, out, err = _run(["env", *("%s=%s" % kv for kv in extra_env.items()), python, *MODEL_PROBE], timeout)
     lines = out.strip().splitlines()
     if rc == 0 and lines:
         try:
             return json.loads(lines[-1])
         except ValueError:
             pass
-    return {"probe_error": "torch probe failed (exit %s): %s" % (rc, (err or out).strip()[-500:])}
+    said = (err or out).strip()
+    if "No module named myca_ops" in said or "No module named 'myca_ops'" in said:
+        why = "%s has no myca_ops (the moshi role installs it into Moshi's venv)" % python
+    else:
+        why = "the probe failed (exit %s): %s" % (rc, said[-500:])
+    return {"probe_error": why, "reason": "not probed: " + why}

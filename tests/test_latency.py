@@ -6,7 +6,7 @@ import pytest
 
 from conftest import module_doc, undocumented
 from myca_ops.envfile import read_env_file
-from myca_ops.voice import latency
+from myca_ops.voice import latency, model
 
 SERVICE_LOG = (
     "\x1b[1;34m[Info]\x1b[0m accepted connection\n"
@@ -22,22 +22,95 @@ def test_service_log_frames_with_ansi_colours():
     assert latency.parse_service_log("nothing here") == []
 
 
+def row(slots: int, p99: float) -> dict:
+    return {"slots": slots, "stages": {"total": {"p99": p99}}, "realtime": p99 <= 80.0}
+
+
+def decision(mode: str, limit: str | None, reason: str = "why") -> model.Decision:
+    return model.Decision(mode, reason, limit)
+
+
 @pytest.mark.parametrize(
-    "p99, device, mode, reason, realtime, cause_part",
+    "capacity, rows, device, mode, limit, realtime, cause_part",
     [
-        (55.0, "cpu", "cpu", "device cpu", True, "CPU only: fine for this checkpoint"),
-        (175.0, "cpu", "cpu", "device cpu", False, "no CUDA device: p99 175.0 ms"),
-        (24.0, "cuda", "compile+graphs", "ok", True, "p99 24.0 ms per frame against a 80 ms budget"),
-        (210.0, "cuda", "eager", "forced by moshi_force_no_cuda_graph", False, "slow mode forced"),
-        (95.0, "cuda", "graphs", "CUDA graphs on, torch.compile off: Triton is not installed", False, "Triton missing"),
-        (95.0, "cuda", "compile+graphs", "ok", False, "over budget on this GPU (NVIDIA L4)"),
-        (None, "cuda", "graphs", "", False, "no frame was measured"),
+        (
+            2,
+            [row(2, 55.0), row(1, 40.0)],
+            "cpu",
+            "cpu",
+            "no_cuda",
+            True,
+            "carries 2 conversations in real time (tick p99 55.0 ms at 2 slots, budget 80 ms) in mode cpu; CPU only",
+        ),
+        (
+            1,
+            [row(2, 95.0), row(1, 60.0)],
+            "cpu",
+            "cpu",
+            "no_cuda",
+            False,
+            "no CUDA device (CPU): carries 1 of 2 conversations in real time (tick p99 95.0 ms at 2 slots, budget 80 ms); 1 fit (tick p99 60.0 ms): set moshi_slots: 1",
+        ),
+        (
+            0,
+            [row(2, 195.0), row(1, 160.0)],
+            "cpu",
+            "cpu",
+            "no_cuda",
+            False,
+            "not even one fits (tick p99 160.0 ms at 1 slot)",
+        ),
+        (64, [row(64, 48.9), row(1, 16.6)], "cuda", "compile+graphs", None, True, "carries 64 conversations"),
+        (
+            3,
+            [row(8, 210.0), row(1, 50.0), row(4, 90.0), row(2, 60.0), row(3, 75.0)],
+            "cuda",
+            "eager",
+            "forced",
+            False,
+            "slow mode forced (why): carries 3 of 8",
+        ),
+        (8, [row(16, 95.0), row(1, 20.0), row(8, 70.0)], "cuda", "graphs", "no_triton", False, "Triton missing (why)"),
+        (
+            8,
+            [row(16, 95.0), row(1, 20.0), row(8, 70.0)],
+            "cuda",
+            "graphs",
+            "triton_fails",
+            False,
+            "with CUDA graphs only",
+        ),
+        (
+            8,
+            [row(16, 95.0), row(1, 20.0), row(8, 70.0)],
+            "cuda",
+            "compile+graphs",
+            None,
+            False,
+            "over budget on this GPU (NVIDIA L4) in mode compile+graphs",
+        ),
     ],
 )
-def test_verdict_follows_the_measurement(p99, device, mode, reason, realtime, cause_part):
-    got, cause = latency.verdict(p99, device, mode, reason, "NVIDIA L4")
+def test_the_capacity_verdict_follows_the_measurement(capacity, rows, device, mode, limit, realtime, cause_part):
+    got, cause = latency.verdict(capacity, rows, decision(mode, limit), device, "NVIDIA L4")
     assert got is realtime
     assert cause_part in cause
+
+
+@pytest.mark.parametrize("fits_up_to, configured", [(0, 4), (1, 4), (5, 8), (7, 8), (8, 8), (1, 1), (0, 1), (23, 64)])
+def test_the_largest_slot_count_that_fits_is_found(fits_up_to, configured):
+    """Tick times grow with the slots; the search measures the configured count, then 1, then halves."""
+    measured = []
+
+    def measure(n):
+        measured.append(n)
+        return row(n, 30.0 + 50.0 * n / (fits_up_to + 0.5))
+
+    capacity, rows = latency.find_capacity(measure, configured)
+    assert capacity == fits_up_to
+    assert measured[:2] == ([configured, 1] if configured > 1 else [1])
+    assert len(measured) <= 2 + configured.bit_length()  # a search, not every count
+    assert [r["slots"] for r in rows] == measured
 
 
 def test_env_file_is_read_like_systemd(tmp_path):
@@ -49,20 +122,31 @@ def test_env_file_is_read_like_systemd(tmp_path):
     }
 
 
-def test_step_latency_module_measures_the_lab_checkpoint(run_module, lab_weights, tmp_path):
+def test_step_latency_module_measures_the_served_engine_on_the_lab_checkpoint(run_module, lab_weights, tmp_path):
     env = tmp_path / "moshi.env"
-    env.write_text(f"MYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_WEIGHTS_DIR={lab_weights}\nMYCA_MOSHI_RECOMMENDED_MODE=cpu\n")
+    env.write_text(
+        f"MYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_WEIGHTS_DIR={lab_weights}\nMYCA_MOSHI_RECOMMENDED_MODE=cpu\n"
+        "MYCA_MOSHI_SLOTS=2\n"
+    )
     result = run_module(
         "moshi_step_latency", {"python": sys.executable, "env_file": str(env), "frames": 4, "warmup": 2}
     )
     assert result.get("failed") is not True, result
-    total = result["results"][0]["stages"]["total"]
-    assert total["count"] == 4 and result["mode"] == "cpu"
-    assert result["realtime"] is (total["p99"] <= 80.0)  # the verdict follows the figure
-    assert set(result["results"][0]["stages"]) == {"encode", "lm_step", "decode", "total"}
+    first = result["results"][0]
+    assert (first["slots"], result["slots"], result["slots_source"]) == (2, 2, "moshi_slots")
+    assert first["stages"]["total"]["count"] == 4 and result["mode"] == "cpu" and result["dtype"] == "float32"
+    assert [r["slots"] for r in result["results"]][:2] == [2, 1]  # the configured count, then one session
+    assert set(first["stages"]) == {"encode", "lm_step", "decode", "total"}
+    # The verdict follows the figures: real-time exactly when the 2-slot tick fits; the capacity is
+    # the largest measured count that fits.
+    assert result["realtime"] is (first["stages"]["total"]["p99"] <= 80.0)
+    fitting = [r["slots"] for r in result["results"] if r["stages"]["total"]["p99"] <= 80.0]
+    assert result["capacity"] == max(fitting, default=0)
+    assert "at 2 slots, budget 80 ms" in result["cause"]
     returns = module_doc("moshi_step_latency")["return"]
-    assert set(returns) <= set(result), "a documented return value is missing"
-    assert set(returns["results"]["contains"]) <= set(result["results"][0])
+    always = {key for key, doc in returns.items() if doc["returned"] == "success"}
+    assert always <= set(result), "a documented return value is missing"
+    assert set(returns["results"]["contains"]) <= set(first)
     assert undocumented("moshi_step_latency", result) == []
 
 

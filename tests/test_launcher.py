@@ -8,68 +8,9 @@ import pytest
 
 from myca_ops.voice import launcher, probe
 
-GRAPHS_REASON = "CUDA graphs on, torch.compile off: Triton is not installed"
-
-
-@pytest.mark.parametrize(
-    "device, recommended, force_graph_off, force_compile_off, mode, env",
-    [
-        ("cuda", "compile+graphs", False, False, "compile+graphs", {}),
-        ("cuda:1", "compile+graphs", False, False, "compile+graphs", {}),
-        ("cuda", "graphs", False, False, "graphs", {"NO_TORCH_COMPILE": "1"}),
-        ("cuda", "compile+graphs", False, True, "graphs", {"NO_TORCH_COMPILE": "1"}),
-        ("cuda", "compile+graphs", True, False, "compile", {"NO_CUDA_GRAPH": "1"}),
-        ("cuda", "compile+graphs", True, True, "eager", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
-        ("cuda", "graphs", True, False, "eager", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
-        ("cpu", "cpu", False, False, "cpu", {"NO_TORCH_COMPILE": "1"}),
-        ("cpu", "compile+graphs", False, False, "cpu", {"NO_TORCH_COMPILE": "1"}),
-    ],
-)
-def test_mode_decision(device, recommended, force_graph_off, force_compile_off, mode, env):
-    decision = launcher.decide(device, recommended, GRAPHS_REASON, force_graph_off, force_compile_off)
-    assert decision.mode == mode
-    assert decision.env == env
-
-
-def test_graphs_mode_keeps_the_facts_reason():
-    decision = launcher.decide("cuda", "graphs", GRAPHS_REASON, False, False)
-    assert decision.reason == GRAPHS_REASON and decision.warning is None
-
-
-def test_forcing_graphs_off_warns_with_the_frame_budget():
-    decision = launcher.decide("cuda", "compile+graphs", "ok", True, False)
-    assert "moshi_force_no_cuda_graph" in decision.reason
-    assert "200 ms" in decision.warning and "80 ms frame budget" in decision.warning
-
-
-def test_cuda_asked_on_a_host_without_cuda_is_an_error():
-    with pytest.raises(ValueError, match="torch 2.13.0 sees no CUDA device"):
-        launcher.decide("cuda", "cpu", "torch 2.13.0 sees no CUDA device", False, False)
-
-
-def test_unknown_recommended_mode_is_an_error():
-    with pytest.raises(ValueError, match="unknown recommended mode 'fast'"):
-        launcher.decide("cuda", "fast", "", False, False)
-
-
-def test_missing_weight_file_names_it(tmp_path):
-    (tmp_path / launcher.MOSHI_FILE).write_bytes(b"x")
-    with pytest.raises(FileNotFoundError) as err:
-        launcher.resolve_weights(tmp_path)
-    assert launcher.MIMI_FILE in str(err.value) and launcher.TOKENIZER_FILE in str(err.value)
-    assert launcher.MOSHI_FILE not in str(err.value).split("missing weight file(s): ")[1].split(";")[0]
-
-
-def test_broken_config_names_the_file(tmp_path):
-    for name in (launcher.MOSHI_FILE, launcher.MIMI_FILE, launcher.TOKENIZER_FILE):
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / launcher.CONFIG_FILE).write_text('{"dim": 256,')
-    with pytest.raises(ValueError, match="config.json is not valid JSON"):
-        launcher.resolve_weights(tmp_path)
-
 
 def test_an_unknown_server_is_refused_before_anything_loads(capsys, monkeypatch):
-    monkeypatch.setattr(launcher, "resolve_weights", lambda _: pytest.fail("weights looked up"))
+    monkeypatch.setattr(launcher.model, "resolve_weights", lambda _: pytest.fail("weights looked up"))
     monkeypatch.setenv("MYCA_MOSHI_SERVER", "vllm")
     assert launcher.main(["serve"]) == 2
     assert "MYCA_MOSHI_SERVER is 'vllm'; expected one of batched, upstream (moshi_server)" in capsys.readouterr().err
@@ -193,67 +134,12 @@ def test_waiting_gives_up_at_once_on_a_crash_looping_service():
         wait_for_handshake("ws://127.0.0.1:9/api/chat", 600, broken=lambda: "moshi crashed and was restarted 3 times")
 
 
-# --auto, where no Ansible facts exist: `myca-moshi probe`'s facts -> (mode, the reason's start).
-WINDOWS = {"system": "Windows", "torch_version": "2.9.1", "cuda": True, "triton_version": None, "compile_error": None}
-
-
-@pytest.mark.parametrize(
-    "facts,mode,reason",
-    [
-        ({**WINDOWS, "cuda": False}, "cpu", "torch 2.9.1 sees no CUDA device"),
-        (
-            WINDOWS,
-            "graphs",
-            'CUDA graphs on, torch.compile off: Triton is not installed: pip install "triton-windows>=3.5,<3.6" (torch 2.9.1)',
-        ),
-        ({**WINDOWS, "torch_version": "2.6.0"}, "graphs", 'pip install "triton-windows>=3.2,<3.3" (torch 2.6.0)'),
-        ({**WINDOWS, "torch_version": "2.11.0"}, "graphs", "the triton-windows release made for torch 2.11.0"),
-        (
-            {**WINDOWS, "triton_version": "3.5.1", "compile_error": "RuntimeError: Failed to find C compiler"},
-            "graphs",
-            "CUDA graphs on, torch.compile off: Triton 3.5.1 cannot compile: RuntimeError: Failed to find C compiler",
-        ),
-        ({**WINDOWS, "triton_version": "3.5.1"}, "compile+graphs", "CUDA and Triton 3.5.1 compile a kernel"),
-        ({**WINDOWS, "system": "Linux"}, "graphs", "Triton is not installed: pip install the triton release"),
-    ],
-)
-def test_auto_picks_the_fastest_mode_that_works_from_the_probed_facts(facts, mode, reason):
-    picked, why = launcher.recommend_here(facts)
-    assert picked == mode and reason in why
-
-
-def test_auto_never_turns_cuda_graphs_off_itself():
-    """What --auto hands to the decision: graphs stay on whatever Triton does; only compile goes."""
-    for facts in (
-        WINDOWS,
-        {**WINDOWS, "triton_version": "3.5.1"},
-        {**WINDOWS, "compile_error": "x", "triton_version": "3"},
-    ):
-        decision = launcher.decide_from_env(launcher.auto_env({}, facts))
-        assert "NO_CUDA_GRAPH" not in decision.env and decision.mode in ("graphs", "compile+graphs")
-    cpu = launcher.decide_from_env(launcher.auto_env({}, {**WINDOWS, "cuda": False}))
-    assert cpu.mode == "cpu"
-    # A device the operator set is kept.
-    assert launcher.auto_env({"MYCA_MOSHI_DEVICE": "cuda:1"}, WINDOWS)["MYCA_MOSHI_DEVICE"] == "cuda:1"
-
-
-def test_an_environment_file_that_says_auto_is_decided_by_probing_here(monkeypatch):
-    """A container's moshi.env (moshi_runtime: docker) says auto: the server and verify's measurement
-    beside it both probe the image's torch, so they pick the same mode."""
-    facts = {**WINDOWS, "system": "Linux", "triton_version": "3.6.0"}
-    monkeypatch.setattr(launcher, "probe_here", lambda: facts)
-    env = {"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_RECOMMENDED_MODE": "auto", "MYCA_MOSHI_RECOMMENDED_REASON": ""}
-    decision = launcher.decide_from_env(env)
-    assert decision.mode == "compile+graphs" and "Triton 3.6.0 compile a kernel" in decision.reason
-    monkeypatch.setattr(launcher, "probe_here", lambda: {**facts, "triton_version": None})
-    assert launcher.decide_from_env(env).mode == "graphs"  # Triton gone from the image: graphs stay on
-
-
 @pytest.mark.lab  # needs torch in this venv (make lab-assets installs the CPU wheel)
 def test_probe_on_this_machine_finds_no_cuda_and_says_cpu():
     out = subprocess.run([sys.executable, "-m", "myca_ops.voice.launcher", "probe"], capture_output=True, text=True)
     facts = json.loads(out.stdout)
-    assert out.returncode == 0 and facts["cuda"] is False and facts["mode"] == "cpu"
+    assert out.returncode == 0 and facts["torch_cuda_available"] is False
+    assert (facts["mode"], facts["limit"]) == ("cpu", "no_cuda")
     assert facts["reason"] == f"torch {facts['torch_version']} sees no CUDA device"
 
 

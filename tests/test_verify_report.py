@@ -13,8 +13,8 @@ from report_in_browser import read_page
 from conftest import BIN, ROOT, ansible_env
 
 rng = random.Random(7)
-# A run as verify.yml's plays record it: one GPU host measured in two modes (eager over the
-# budget, graphs within it), its voice probe with one underrun, a bridge and a MAS.
+# A run as verify.yml's plays record it: one GPU host whose 4 slots tick within the budget (and its
+# single slot), its voice probe with one underrun, a bridge and a MAS.
 GPU_ROW = {
     "host": "gpu-a",
     "gpu": "NVIDIA H100 80GB HBM3",
@@ -23,8 +23,11 @@ GPU_ROW = {
     "step_p50_ms": 31.4,
     "step_p99_ms": 41.2,
     "budget_ms": 80.0,
+    "slots": 4,
+    "capacity": 4,
+    "slot_mib": 310.5,
     "step_realtime": True,
-    "step_cause": "p99 41.2 ms per frame fits the 80 ms budget",
+    "step_cause": "carries 4 conversations in real time (tick p99 41.2 ms at 4 slots, budget 80 ms) in mode graphs",
     "first_audio_ms": 212.0,
     "underruns": 1,
     "voice_realtime": False,
@@ -42,8 +45,8 @@ GPU_ROW = {
     "triton": None,
     "driver": "580.1",
     "step_samples_ms": {
-        "graphs": [rng.gauss(32, 3) for _ in range(100)],
-        "eager": [rng.gauss(190, 15) for _ in range(100)],
+        "graphs, 4 slots": [rng.gauss(32, 3) for _ in range(100)],
+        "graphs, 1 slot": [rng.gauss(19, 2) for _ in range(100)],
     },
     "arrival_s": [0.2 + 0.08 * i for i in range(40)] + [3.6 + 0.08 * i for i in range(40)],
     "underrun_s": [3.4],
@@ -115,13 +118,14 @@ def test_the_page_shows_the_pictures_and_the_runs_figures(report):
     assert images["verify-gpu-gpu-a.png"]["height"] > images["verify-bridge-bridge-a.png"]["height"]  # two panels
 
     gpu = page["tables"]["gpu-hosts"]
-    assert gpu[0][:5] == ["host", "GPU", "mode", "step p50", "step p99"]
+    assert gpu[0][:6] == ["host", "GPU", "mode", "tick p50", "tick p99", "carries"]
     assert gpu[1] == [
         "gpu-a",
         "NVIDIA H100 80GB HBM3",
         "graphs",
         "31.4 ms",
         "41.2 ms",
+        "4 of 4",
         "80.0 ms",
         "212.0 ms",
         "1",

@@ -18,11 +18,8 @@ import random
 import sys
 from pathlib import Path
 
-# File names inside the checkpoint folder (config.json names them for moshi's loaders).
-MOSHI_FILE = "model.safetensors"
-MIMI_FILE = "mimi.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
-CONFIG_FILE = "config.json"
+from myca_ops.voice.model import CONFIG_FILE, MIMI_FILE, MOSHI_FILE, TOKENIZER_FILE, moshi_7b_config
+
 RECIPE_FILE = "recipe.json"
 RECIPE_VERSION = 3
 
@@ -34,10 +31,9 @@ WORDS = (
 ).split()
 
 
-def lm_config(dim: int, layers: int, text_card: int) -> dict:
-    """Moshi's 7B LM kwargs with small dims; the codebook layout stays the real one."""
-    from myca_ops.voice.launcher import moshi_7b_config
-
+def lm_config(dim: int, layers: int, text_card: int, context: int | None = None) -> dict:
+    """Moshi's 7B LM kwargs with small dims; the codebook layout stays the real one.  `context`:
+    the LM's context in frames (the 7B's 3000 when None; a small one makes its KV cache wrap soon)."""
     config = moshi_7b_config()
     config.update(
         dim=dim,
@@ -49,6 +45,8 @@ def lm_config(dim: int, layers: int, text_card: int) -> dict:
         depformer_num_layers=layers,
         text_card=text_card,
     )
+    if context:
+        config["context"] = context
     return config
 
 
@@ -89,8 +87,12 @@ def seed_codebooks(mimi, scale: float = 1e-3) -> None:
             module._initialized.fill_(1)
 
 
-def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400) -> Path:
+def generate(
+    out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400, context: int | None = None
+) -> Path:
     recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
+    if context:
+        recipe["context"] = context
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / RECIPE_FILE
     if recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe:
@@ -106,7 +108,7 @@ def generate(out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: i
     print(f"[weights] training a {vocab}-piece sentencepiece tokenizer", flush=True)
     train_tokenizer(out / TOKENIZER_FILE, vocab, seed)
 
-    config = lm_config(dim, layers, vocab)
+    config = lm_config(dim, layers, vocab, context)
     print(f"[weights] random LM: dim {dim}, {layers} layers, depformer {dim // 2} x {layers}", flush=True)
     lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
     save_model(lm, str(out / MOSHI_FILE))
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=400, help="tokenizer pieces, also the LM's text_card")
+    parser.add_argument("--context", type=int, help="the LM's context in frames (default: the 7B's 3000)")
     args = parser.parse_args(argv)
-    generate(args.out, args.seed, args.dim, args.layers, args.vocab)
+    generate(args.out, args.seed, args.dim, args.layers, args.vocab, args.context)
     return 0
 
 

@@ -104,7 +104,8 @@ def summary(result: DeployResult) -> str:
     for row in verify.get("gpu_hosts", []):
         verdict = "real-time" if str(row["realtime"]).lower() == "true" else "NOT real-time"
         lines.append(
-            f"verify {row['host']}: {row['mode']}, step p99 {row['step_p99_ms']} ms (budget {row['budget_ms']} ms), "
+            f"verify {row['host']}: {row['mode']}, carries {row['capacity']} of {row['slots']} conversations "
+            f"(tick p99 {row['step_p99_ms']} ms, budget {row['budget_ms']} ms), "
             f"first audio {row['first_audio_ms']} ms, {row['underruns']} underruns: {verdict}"
         )
     for row in verify.get("bridge_hosts", []):

@@ -24,20 +24,20 @@ def picture_name(kind: str, host: str) -> str:
 
 
 def draw_frame_times(ax, samples: dict[str, list[float]]) -> None:
-    """One histogram per measured mode, and the budget as a vertical line."""
-    measured = {mode: s for mode, s in samples.items() if s}
+    """One histogram per measurement (mode and slot count), and the budget as a vertical line."""
+    measured = {label: s for label, s in samples.items() if s}
     if not measured:
-        ax.text(0.5, 0.5, "no frame times measured", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no tick times measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     top = max(FRAME_BUDGET_MS * 1.25, max(max(s) for s in measured.values()) * 1.05)
     bins = [top * i / 50 for i in range(51)]
-    for mode, s in measured.items():
+    for label, s in measured.items():
         over = sum(1 for v in s if v > FRAME_BUDGET_MS)
-        ax.hist(s, bins=bins, alpha=0.6, label=f"{mode}: {len(s)} frames, {over} over budget")
+        ax.hist(s, bins=bins, alpha=0.6, label=f"{label}: {len(s)} ticks, {over} over budget")
     ax.axvline(FRAME_BUDGET_MS, color="#c62828", linestyle="--", label=f"{FRAME_BUDGET_MS:.0f} ms budget")
-    ax.set_xlabel("time per 80 ms frame (encode + LM step + decode), ms")
-    ax.set_ylabel("frames")
+    ax.set_xlabel("tick per 80 ms frame, every slot talking (encode + LM step + decode), ms")
+    ax.set_ylabel("ticks")
     ax.legend(fontsize=8)
 
 
@@ -68,7 +68,7 @@ def render(rows: list[dict], kind: str, folder: Path) -> None:
         fig, axes = plt.subplots(2 if gpu else 1, 1, figsize=(9, 6.5 if gpu else 3.2), squeeze=False)
         if gpu:
             draw_frame_times(axes[0][0], row.get("step_samples_ms") or {})
-            axes[0][0].set_title(f"{row['host']}: frame times per mode ({row.get('gpu')})", fontsize=10)
+            axes[0][0].set_title(f"{row['host']}: ticks per slot count ({row.get('gpu')})", fontsize=10)
         ax = axes[-1][0]
         draw_arrivals(ax, row.get("arrival_s") or [], row.get("underrun_s") or [])
         underruns = len(row.get("underrun_s") or [])

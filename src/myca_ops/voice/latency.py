@@ -1,12 +1,22 @@
-"""Moshi's per-frame step latency, measured the way the server runs it, and its verdict.
+"""How many conversations this host carries in real time, measured on the engine that serves them.
 
-One 80 ms frame (1920 samples at 24 kHz): ``mimi.encode`` -> ``lm_gen.step`` ->
-``mimi.decode``, timed per stage (CUDA events on a GPU, perf_counter on CPU).  moshi reads
-``NO_TORCH_COMPILE`` at import, so each mode runs in its own process:
+The batched server steps every slot together, one tick per 80 ms frame
+(:meth:`~myca_ops.voice.engine.SlotEngine.tick`: ``mimi.encode`` -> ``lm_gen.step`` ->
+``mimi.decode``).  A host carries N conversations when the tick with N slots talking fits the
+80 ms budget.  This loads the service's model as the server does (:mod:`myca_ops.voice.model`:
+its weights, dtype, device, sampling and mode), makes the engine with the service's slot count,
+warms it up as the server does, and times ticks with every slot talking (the worst case), per
+stage (CUDA events on a GPU, perf_counter on CPU).  Then one slot alone (a single session), and,
+when the configured slots do not fit, fewer, until the largest count that fits is found.
+
+It runs in a process of its own beside the service: a second copy of the model and its slots,
+so on a GPU it needs that memory free (else the module's ``stop_service``).  Beside a busy
+service the two share the device, and the figures are pessimistic.  moshi reads
+``NO_TORCH_COMPILE`` at import, so each mode is measured in its own process:
 
     python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env            # the service's mode
-    python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env --compare  # eager, graphs, compile+graphs
-    python -m myca_ops.voice.latency --random full --device cuda --mode graphs   # the 7B shapes, random bf16
+    python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env --compare  # and eager, graphs, compile+graphs
+    python -m myca_ops.voice.latency --random full --device cuda --slots 64     # the 7B shapes, random weights
 """
 
 from __future__ import annotations
@@ -21,147 +31,188 @@ import time
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
-from myca_ops.voice.engine import StageClock
+from myca_ops.voice import model
+from myca_ops.voice.engine import STAGES
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
 from myca_ops.voice.stats import summary
 
-STAGES = ("encode", "lm_step", "decode", "total")
-MODE_ENV = {  # moshi's switches per mode; "cpu" is what the launcher sets on CPU
+COMPARE_MODES = ("eager", "graphs", "compile+graphs")
+MODE_SWITCHES = {  # moshi's switches per mode
     "eager": {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"},
     "graphs": {"NO_TORCH_COMPILE": "1"},
     "compile+graphs": {},
+    "compile": {"NO_CUDA_GRAPH": "1"},
     "cpu": {"NO_TORCH_COMPILE": "1"},
 }
-COMPARE_MODES = ("eager", "graphs", "compile+graphs")
 FRAME_LOG = re.compile(r"frame handled in\s+([0-9.]+)\s*ms")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-SMALL_LM = {
-    "dim": 256,
-    "num_heads": 4,
-    "num_layers": 2,
-    "depformer_dim": 128,
-    "depformer_num_heads": 1,
-    "depformer_num_layers": 2,
-    "depformer_dim_feedforward": 528,
-}
 
 
 def parse_service_log(text: str) -> list[float]:
-    """The server's own 'frame handled in X ms' figures (its log is coloured)."""
+    """moshi.server's own 'frame handled in X ms' figures (its log is coloured)."""
     return [float(m.group(1)) for m in FRAME_LOG.finditer(ANSI.sub("", text))]
 
 
+# --- Timing the engine ---------------------------------------------------------------------------
+def time_ticks(engine, talking: int, ticks: int, warmup: int) -> dict[str, list[float]]:
+    """ms per stage and in total for `ticks` ticks (after `warmup`) with slots 0..talking-1 each
+    sending a new frame of speech-like audio every tick, all starting a session at the first."""
+    from myca_ops.voice.probe import speech_like
+
+    audio = speech_like((ticks + warmup) * FRAME_SAMPLES / 24000 + 0.1)
+    times: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
+    slots = range(talking)
+    for i in range(ticks + warmup):
+        frame = audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        _, stages = engine.tick(dict.fromkeys(slots, frame), set(slots) if i == 0 else set())
+        if i >= warmup:
+            for stage, ms in (*stages.items(), ("total", sum(stages.values()))):
+                times[stage].append(ms)
+    engine.reset(list(slots))
+    return times
+
+
+def measure_slots(loaded: model.Loaded, slots: int, ticks: int, warmup: int) -> dict:
+    """An engine of `slots` slots, all talking: the tick per stage and each slot's memory (GPU)."""
+    import torch
+
+    cuda = loaded.device.startswith("cuda")
+    print(f"[latency] {slots} slot(s), {ticks} ticks", file=sys.stderr, flush=True)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated() if cuda else 0
+    engine = loaded.engine(slots)
+    times = time_ticks(engine, slots, ticks, warmup)
+    row = {"slots": slots, "stages": {stage: summary(values) for stage, values in times.items()}}
+    row["samples_ms"] = [round(ms, 2) for ms in times["total"]]  # the verify report draws them
+    row["slot_mib"] = round((torch.cuda.memory_allocated() - before) / 2**20 / slots, 1) if cuda else None
+    engine.close()
+    p99 = row["stages"]["total"]["p99"]
+    row["realtime"] = p99 is not None and p99 <= FRAME_BUDGET_MS
+    row["realtime_factor"] = None if p99 is None else round(p99 / FRAME_BUDGET_MS, 3)
+    return row
+
+
+def find_capacity(measure, slots: int) -> tuple[int, list[dict]]:
+    """The largest slot count up to `slots` whose tick fits, by `measure(n) -> row`: first `slots`
+    (the service's), then 1 (a single session), then halving the gap between what fits and what does not."""
+    rows = {slots: measure(slots)}
+    if slots > 1:
+        rows[1] = measure(1)
+    fits, over = (slots, slots + 1) if rows[slots]["realtime"] else ((1, slots) if rows[1]["realtime"] else (0, 1))
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        rows[middle] = measure(middle)
+        fits, over = (middle, over) if rows[middle]["realtime"] else (fits, middle)
+    return fits, list(rows.values())
+
+
 def verdict(
-    total_p99: float | None, device: str, mode: str, mode_reason: str, gpu_name: str | None
+    capacity: int, rows: list[dict], decision: model.Decision, device: str, gpu: str | None
 ) -> tuple[bool, str]:
-    """Real-time when the p99 frame fits the 80 ms budget.  The cause names what to change."""
-    if total_p99 is None:
-        return False, "no frame was measured"
-    figures = f"p99 {total_p99:.1f} ms per frame against a {FRAME_BUDGET_MS:.0f} ms budget"
-    if total_p99 <= FRAME_BUDGET_MS:
+    """Real-time when the configured slots (the first row) fit; the cause names what to change."""
+    head = rows[0]
+    slots, p99 = head["slots"], head["stages"]["total"]["p99"]
+    if p99 is None:
+        return False, "no tick was measured"
+    at = {row["slots"]: row["stages"]["total"]["p99"] for row in rows}
+    figures = f"tick p99 {p99:.1f} ms at {slots} slot{'s' if slots > 1 else ''}, budget {FRAME_BUDGET_MS:.0f} ms"
+    if capacity >= slots:
         note = "; CPU only: fine for this checkpoint, the 7B model needs a GPU" if not device.startswith("cuda") else ""
-        return True, f"{figures} in mode {mode}{note}"
+        return (
+            True,
+            f"carries {slots} conversation{'s' if slots > 1 else ''} in real time ({figures}) in mode {decision.mode}{note}",
+        )
+    if capacity:
+        fit = f"{capacity} fit (tick p99 {at[capacity]:.1f} ms): set moshi_slots: {capacity}"
+    else:
+        fit = f"not even one fits (tick p99 {at[1]:.1f} ms at 1 slot)"
+    said = f"carries {capacity} of {slots} conversations in real time ({figures}); {fit}"
     if not device.startswith("cuda"):
-        return False, f"no CUDA device: {figures} on CPU"
-    if mode in ("eager", "compile"):
-        return False, f"slow mode forced ({mode_reason}): {figures}; remove the force to turn CUDA graphs on"
-    if mode == "graphs" and "Triton" in mode_reason:
-        return False, f"Triton missing ({mode_reason}): {figures} with CUDA graphs only"
-    return False, f"over budget on this GPU ({gpu_name or 'unknown'}): {figures} in mode {mode}"
+        return False, f"no CUDA device (CPU): {said}"
+    if decision.limit == "forced":
+        return False, f"slow mode forced ({decision.reason}): {said}; remove the force to turn CUDA graphs on"
+    if decision.limit in ("no_triton", "triton_fails"):
+        return False, f"Triton missing ({decision.reason}): {said} with CUDA graphs only"
+    return False, f"over budget on this GPU ({gpu or 'unknown'}) in mode {decision.mode}: {said}"
 
 
-def _checkpoint_models(weights_dir: Path, device: str, dtype):
-    from moshi.models import loaders
-
-    from myca_ops.voice.launcher import config_or_default, resolve_weights
-
-    paths = resolve_weights(weights_dir)
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "local/unused", paths["moshi"], paths["mimi"], paths["tokenizer"], config_path=config_or_default(paths)
-    )
-    return info.get_mimi(device=device), info.get_moshi(device=device, dtype=dtype), info.lm_gen_config
-
-
-def _random_models(size: str, device: str, dtype):
-    """Random weights with the real shapes: 'full' is the 7B LM, 'small' a tiny one; Mimi is always full."""
-    from moshi.models import loaders
-
-    overrides = {} if size == "full" else dict(SMALL_LM)
-    mimi = loaders.get_mimi(None, device=device)
-    lm = loaders.get_moshi_lm(None, device=device, dtype=dtype, lm_kwargs_overrides=overrides)
-    return mimi, lm, {}
-
-
-def check_gpu_memory(device: str, weights_dir: Path | None) -> None:
+# --- One measurement, in the process whose switches are set for its mode ----------------------------------
+def check_gpu_memory(device: str, weights: Path | None) -> None:
     """Refuse to load when the GPU lacks room, rather than crash the service that holds it."""
     import torch
 
     if not device.startswith("cuda"):
         return
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    need = int(sum(p.stat().st_size for p in weights_dir.iterdir() if p.is_file()) * 1.3) if weights_dir else 0
+    need = int(sum(p.stat().st_size for p in weights.iterdir() if p.is_file()) * 1.3) if weights else 0
     if free < need:
         raise MemoryError(
-            f"{free // 2**20} MiB free on {device}, about {need // 2**20} MiB needed: the running "
-            "moshi service holds the GPU; measure with stop_service: true"
+            f"{free // 2**20} MiB free on {device}, about {need // 2**20} MiB needed for a second copy of the "
+            "model beside the running service: measure with stop_service: true"
         )
 
 
+def configured_slots(env: dict[str, str], loaded: model.Loaded) -> tuple[int, str]:
+    """The slot count the service runs with, and where it comes from."""
+    if env.get("MYCA_MOSHI_SERVER", "batched") == "upstream":
+        return 1, "moshi.server serves one conversation"
+    raw = env.get("MYCA_MOSHI_SLOTS") or "0"
+    if not raw.isdigit():
+        raise ValueError(f"MYCA_MOSHI_SLOTS must be a whole number, got {raw!r}")
+    if int(raw):
+        return int(raw), "moshi_slots"
+    if not loaded.device.startswith("cuda"):
+        return 1, "moshi_slots 0 on CPU"
+    from myca_ops.voice import health
+
+    served = health.check(health.service_url(env)).get("slots_total")
+    if served:
+        return served, "the running service's /healthz"
+    slots, how = loaded.slots_for_gpu()
+    return slots, f"from the GPU's free memory, as the service counts them ({how})"
+
+
 def measure(
-    mode: str,
-    device: str,
-    frames: int,
-    warmup: int,
-    weights_dir: Path | None = None,
-    random_size: str | None = None,
-    half: bool = False,
+    env: dict[str, str], mode: str, ticks: int, warmup: int, random_size: str | None, slots: int | None
 ) -> dict:
-    """Time `frames` frames in this process.  The caller has set moshi's switches for `mode`."""
+    """The capacity report for `mode` in this process (moshi's switches are already set for it)."""
     import torch
-    from moshi.models import LMGen
 
-    from myca_ops.voice.probe import speech_like
-
-    torch.set_grad_enabled(False)
-    dtype = torch.float16 if half else torch.bfloat16
-    check_gpu_memory(device, weights_dir)
-    load_start = time.perf_counter()
-    if random_size:
-        mimi, lm, gen_config = _random_models(random_size, device, dtype)
-    else:
-        mimi, lm, gen_config = _checkpoint_models(weights_dir, device, dtype)
-    lm_gen = LMGen(lm, **gen_config)
-    mimi.streaming_forever(1)
-    lm_gen.streaming_forever(1)
-    load_s = time.perf_counter() - load_start
-
-    cuda = device.startswith("cuda")
-    audio = torch.from_numpy(speech_like((frames + warmup) * FRAME_SAMPLES / 24000)).to(device)
-    times = {stage: [] for stage in STAGES}
-    for i in range(frames + warmup):
-        chunk = audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES][None, None]
-        clock = StageClock(torch, cuda)
-        codes = mimi.encode(chunk)
-        clock.mark()
-        tokens = lm_gen.step(codes[:, :, 0:1])
-        clock.mark()
-        if tokens is not None:  # None for the LM's first steps (acoustic delay)
-            mimi.decode(tokens[:, 1:])
-        clock.mark()
-        stage_ms = clock.stages_ms()
-        if i >= warmup and tokens is not None:
-            for stage, ms in zip(STAGES, [*stage_ms, sum(stage_ms)], strict=True):
-                times[stage].append(ms)
+    decision = model.decide_from_env(env)
+    if mode != decision.mode:  # one of --compare's other modes
+        limit = "forced" if mode in ("eager", "compile") else decision.limit if mode == "graphs" else None
+        decision = model.Decision(mode, "compared with the service's mode", limit, MODE_SWITCHES[mode])
+    check_gpu_memory(model.device(env), None if random_size else model.weights_dir(env))
+    started = time.perf_counter()
+    loaded = model.load(env, random_size)
+    load_s = round(time.perf_counter() - started, 1)
+    count, source = (slots, "--slots") if slots else configured_slots(env, loaded)
+    capacity, rows = find_capacity(lambda n: measure_slots(loaded, n, ticks, warmup), count)
+    cuda = loaded.device.startswith("cuda")
+    gpu = torch.cuda.get_device_name(torch.device(loaded.device)) if cuda else None
+    realtime, cause = verdict(capacity, rows, decision, loaded.device, gpu)
+    for row in rows:
+        row["mode"] = mode
+        row["label"] = f"{mode}, {row['slots']} slot{'s' if row['slots'] > 1 else ''}"
     return {
+        "budget_ms": FRAME_BUDGET_MS,
         "mode": mode,
-        "device": device,
-        "load_s": round(load_s, 1),
-        "stages": {stage: summary(values) for stage, values in times.items()},
-        # Every timed frame's total, in order: the verify report draws their distribution.
-        "samples_ms": [round(ms, 2) for ms in times["total"]],
-        "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
+        "mode_reason": decision.reason,
+        "mode_limit": decision.limit,
+        "device": loaded.device,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "slots": count,
+        "slots_source": source,
+        "capacity": capacity,
+        "realtime": realtime,
+        "cause": cause,
+        "load_s": load_s,
+        "gpu_name": gpu,
         "torch_version": torch.__version__,
         "triton_version": _triton_version(),
+        "results": rows,
     }
 
 
@@ -175,136 +226,111 @@ def _triton_version() -> str | None:
 
 
 def run_mode(
-    mode: str,
-    args: list[str],
-    timeout: float,
-    program: tuple[str, ...] = ("-m", "myca_ops.voice.latency"),
-    show_progress: bool = False,
+    mode: str, args: list[str], timeout: float, program: tuple[str, ...] = ("-m", "myca_ops.voice.latency")
 ) -> dict:
-    """Measure one mode in a fresh interpreter, with exactly that mode's switches set: `program`
-    (this module, or a benchmark script) runs with ``--one-mode MODE`` and prints one JSON line.
-    `show_progress`: the child's stderr (progress, a traceback) goes to ours as it comes."""
+    """Measure one mode in a fresh interpreter with exactly that mode's switches set: `program` runs
+    with ``--one-mode MODE`` and prints one JSON line; its stderr (progress, a traceback) is ours."""
     env = {k: v for k, v in os.environ.items() if k not in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH")}
-    env.update(MODE_ENV[mode])
+    env.update(MODE_SWITCHES[mode])
     cmd = [sys.executable, *program, "--one-mode", mode, *args]
-    stderr = None if show_progress else subprocess.PIPE
     try:
-        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"mode": mode, "error": f"timed out after {timeout:.0f}s"}
+    sys.stderr.write(out.stderr)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
-        said = (out.stderr or "").strip().splitlines() or [f"exit {out.returncode}, no result (its stderr is above)"]
+        said = out.stderr.strip().splitlines() or [f"exit {out.returncode}, no result"]
         return {"mode": mode, "error": said[-1]}
     return json.loads(lines[-1])
 
 
-def service_mode(env: dict[str, str]) -> tuple[str, str, str]:
-    """The mode the service runs in, decided exactly as myca-moshi decides it: (mode, reason, device)."""
-    from myca_ops.voice.launcher import decide_from_env
-
-    decision = decide_from_env(env)
-    return decision.mode, decision.reason, env.get("MYCA_MOSHI_DEVICE", "cuda")
-
-
-def report(results: list[dict], reason: str) -> dict:
-    """Add the real-time factor and verdict to each measured mode; the first one is the headline."""
-    for r in results:
-        if "error" in r:
-            r.update(realtime=False, cause=f"measurement failed: {r['error']}")
-            continue
-        p99 = r["stages"]["total"]["p99"]
-        r["realtime_factor"] = round(p99 / FRAME_BUDGET_MS, 3) if p99 is not None else None
-        r["realtime"], r["cause"] = verdict(p99, r["device"], r["mode"], reason, r.get("gpu_name"))
-    head = results[0]
-    return {
-        "budget_ms": FRAME_BUDGET_MS,
-        "mode_reason": reason,
-        "results": results,
-        "realtime": head["realtime"],
-        "cause": head["cause"],
-        "mode": head["mode"],
-    }
-
-
 def from_service_log(env: dict[str, str], unit: str, since: str) -> dict:
-    """The service's own 'frame handled in' figures over a window of its journal."""
+    """moshi.server's own 'frame handled in' figures over a window of its journal (moshi_server: upstream)."""
     journal = subprocess.run(
         ["journalctl", "-u", unit, "--since", since, "-o", "cat", "--no-pager"], capture_output=True, text=True
     )
     if journal.returncode != 0:
         raise ValueError(f"cannot read the journal of {unit}: {journal.stderr.strip()}")
-    mode, reason, device = service_mode(env) if env else ("unknown", "no env file", "unknown")
+    decision = model.decide_from_env(env)
     frames = parse_service_log(journal.stdout)
-    result = {
-        "mode": mode,
-        "device": device,
-        "source": f"journal of {unit} since {since}",
-        "stages": {"total": summary(frames)},
-        "samples_ms": [round(ms, 2) for ms in frames],
-        "gpu_name": None,
+    total = summary(frames)
+    row = {"slots": 1, "mode": decision.mode, "label": f"{decision.mode}, journal", "stages": {"total": total}}
+    row["samples_ms"] = [round(ms, 2) for ms in frames]
+    p99 = total["p99"]
+    row["realtime"] = p99 is not None and p99 <= FRAME_BUDGET_MS
+    row["realtime_factor"] = None if p99 is None else round(p99 / FRAME_BUDGET_MS, 3)
+    if frames:
+        realtime, cause = verdict(int(row["realtime"]), [row, row], decision, model.device(env), None)
+    else:
+        realtime, cause = False, f"no 'frame handled' lines in the journal of {unit} since {since}: no session ran"
+    return {
+        "budget_ms": FRAME_BUDGET_MS,
+        "mode": decision.mode,
+        "mode_reason": decision.reason,
+        "mode_limit": decision.limit,
+        "device": model.device(env),
+        "slots": 1,
+        "slots_source": f"journal of {unit} since {since}",
+        "capacity": int(realtime),
+        "realtime": realtime,
+        "cause": cause,
+        "results": [row],
     }
-    if not frames:
-        return {
-            "results": [result],
-            "realtime": False,
-            "mode": mode,
-            "mode_reason": reason,
-            "budget_ms": FRAME_BUDGET_MS,
-            "cause": f"no 'frame handled' lines in the journal of {unit} since {since}: no session ran",
-        }
-    return report([result], reason)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env-file", type=Path, help="the service's environment (mode, device, weights)")
+    parser.add_argument("--env-file", type=Path, help="the service's environment (mode, device, weights, slots)")
     parser.add_argument("--random", choices=("small", "full"), help="random weights with these shapes instead")
     parser.add_argument("--device", help="overrides the env file's device")
-    parser.add_argument("--mode", choices=tuple(MODE_ENV), help="overrides the service's mode")
-    parser.add_argument("--compare", action="store_true", help="eager, graphs and compile+graphs, one process each")
-    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--slots", type=int, help="overrides the service's slot count")
+    parser.add_argument("--compare", action="store_true", help="also eager, graphs and compile+graphs (a GPU)")
+    parser.add_argument("--frames", type=int, default=100, help="ticks timed per slot count")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mode")
     parser.add_argument(
         "--service-log",
         metavar="SINCE",
-        help="no model load: the service's own frame times from its journal since SINCE ('-15min')",
+        help="no model load: moshi.server's own frame times from its journal since SINCE ('-15min')",
     )
     parser.add_argument("--unit", default="moshi", help="systemd unit for --service-log")
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     env = read_env_file(args.env_file) if args.env_file else {}
-    weights_dir = Path(env.get("MYCA_MOSHI_WEIGHTS_DIR", "/var/lib/moshi/weights"))
-    device = args.device or env.get("MYCA_MOSHI_DEVICE", "cuda")
-    half = env.get("MYCA_MOSHI_HALF") == "1"
+    if args.device:
+        env["MYCA_MOSHI_DEVICE"] = args.device
+    if args.slots is not None and args.slots < 1:
+        parser.error("--slots must be at least 1")
     try:
         if args.service_log:
             print(json.dumps(from_service_log(env, args.unit, args.service_log)))
             return 0
         if args.one_mode:  # the child: moshi's switches are already in the environment
-            result = measure(
-                args.one_mode, device, args.frames, args.warmup, None if args.random else weights_dir, args.random, half
-            )
-            print(json.dumps(result))
+            print(json.dumps(measure(env, args.one_mode, args.frames, args.warmup, args.random, args.slots)))
             return 0
         if not args.random:
-            from myca_ops.voice.launcher import resolve_weights
-
-            resolve_weights(weights_dir)  # fail here, with the file's name, not in each child
-        mode, reason, _ = (
-            service_mode(env) if env else (args.mode or "compile+graphs", "chosen on the command line", device)
+            model.resolve_weights(model.weights_dir(env))  # fail here, with the file's name, not in each child
+        service = model.decide_from_env(env).mode
+        modes = (
+            [service, *(m for m in COMPARE_MODES if m != service)] if args.compare and service != "cpu" else [service]
         )
-        if args.mode:
-            mode, reason = args.mode, "chosen on the command line"
-        if not device.startswith("cuda") and (args.compare or mode != "cpu"):
-            mode, reason = "cpu", f"device {device}"
-        modes = [mode] if not args.compare or mode == "cpu" else [mode, *(m for m in COMPARE_MODES if m != mode)]
-        child = ["--device", device, "--frames", str(args.frames), "--warmup", str(args.warmup)]
+        child = ["--frames", str(args.frames), "--warmup", str(args.warmup)]
         child += ["--env-file", str(args.env_file)] if args.env_file else []
+        child += ["--device", args.device] if args.device else []
         child += ["--random", args.random] if args.random else []
-        print(json.dumps(report([run_mode(m, child, args.timeout) for m in modes], reason)))
+        child += ["--slots", str(args.slots)] if args.slots else []
+        reports = [run_mode(m, child, args.timeout) for m in modes]
+        head = reports[0]
+        if "error" in head:
+            raise ValueError(f"measurement failed: {head['error']}")
+        if len(reports) > 1:
+            head["compare"] = [
+                {k: r.get(k) for k in ("mode", "capacity", "realtime", "cause", "error")} for r in reports
+            ]
+            head["results"] = [row for r in reports for row in r.get("results", [])]
+        print(json.dumps(head))
     except (ValueError, FileNotFoundError, MemoryError) as exc:
         print(json.dumps({"error": str(exc), "realtime": False, "cause": str(exc)}))
         return 2

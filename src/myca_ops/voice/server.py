@@ -11,8 +11,9 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
 - A caller who finds every slot taken is closed at once with 1013 "all N slots busy".
 - A client that does not read loses audio, not the others' time: its outgoing queue is
   bounded, and what does not fit is dropped and counted.
-- ``GET /healthz`` answers without a session (503 while loading, or when the ticks of the
-  last minute run over the 80 ms budget); ``GET /metrics`` is Prometheus text.
+- ``GET /healthz`` answers without a session (:mod:`myca_ops.voice.health` is its contract): 503
+  while loading, then 200 with ``status`` ready, full (every slot taken: healthy, but no room), or
+  over budget (the ticks of the last minute ran over 80 ms); ``GET /metrics`` is Prometheus text.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from myca_ops.voice import model
 from myca_ops.voice.engine import SlotEngine
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.stats import percentile
@@ -40,8 +41,6 @@ log = logging.getLogger("myca_ops.voice.server")
 
 HEALTH_WINDOW_S = 60.0
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
-MAX_SLOTS_AUTO = 32
-GPU_HEADROOM = 0.10  # of the GPU's memory kept free when slots are counted from it
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
 STATE = web.AppKey("state", "VoiceServer")
 
@@ -55,7 +54,6 @@ class Settings:
     # Bytes a client may leave unread (socket and write buffers) before its answers are dropped:
     # about 4 s of audio, so a client that stops reading never hears stale speech later.
     send_buffer_bytes: int = 16384
-    greedy: bool = False  # argmax instead of sampling: the same answer for the same input
     ssl_dir: str = ""
     mode: str = "unknown"  # as the launcher decided it, for /healthz
     device: str = "cuda"
@@ -78,10 +76,9 @@ class Settings:
             slots=number("MYCA_MOSHI_SLOTS", 0),
             send_queue=max(1, number("MYCA_MOSHI_SEND_QUEUE", 25)),
             send_buffer_bytes=number("MYCA_MOSHI_SEND_BUFFER_BYTES", 16384),
-            greedy=env.get("MYCA_MOSHI_GREEDY", "0") == "1",
             ssl_dir=env.get("MYCA_MOSHI_SSL_DIR", ""),
             mode=mode,
-            device=env.get("MYCA_MOSHI_DEVICE", "cuda"),
+            device=model.device(env),
         )
 
 
@@ -304,7 +301,9 @@ class VoiceServer:
         if self.engine is None:
             body.update(ok=False, status="loading")
         elif p99 is not None and p99 > FRAME_BUDGET_MS:
-            body.update(ok=False, status="over budget")
+            body.update(ok=True, status="over budget")
+        elif used == self.engine.slots:
+            body.update(ok=True, status="full")
         else:
             body.update(ok=True, status="ready")
         return (200 if body["ok"] else 503), body
@@ -408,74 +407,19 @@ def make_app(server: VoiceServer) -> web.Application:
 
 
 # --- Building the model ------------------------------------------------------------------
-def slots_for_gpu(device: str, measure_slot_bytes) -> tuple[int, str]:
-    """As many slots as the GPU's free memory holds, keeping GPU_HEADROOM of it free."""
-    import torch
-
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    per_slot = measure_slot_bytes()
-    slots = max(1, min(MAX_SLOTS_AUTO, int((free - GPU_HEADROOM * total) // max(per_slot, 1))))
-    return slots, f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured"
-
-
-def builder(settings: Settings, weights: dict[str, Path | None], config_path: Path, half: bool):
-    """The `build` for VoiceServer: moshi's loaders on the service's weights, as moshi.server loads them."""
+def builder(settings: Settings, env: dict[str, str]):
+    """The `build` for VoiceServer: the service's model (myca_ops.voice.model) and its engine."""
 
     def build():
-        import torch
-        from moshi.models import LMGen, loaders
-        from moshi.run_inference import get_condition_tensors
-
-        torch.set_grad_enabled(False)
-        cuda = settings.device.startswith("cuda")
-        # bf16 (or fp16 with --half) on a GPU as moshi.server; float32 on CPU, where bf16 is slow.
-        dtype = (torch.float16 if half else torch.bfloat16) if cuda else torch.float32
-        info = loaders.CheckpointInfo.from_hf_repo(
-            "local/unused", weights["moshi"], weights["mimi"], weights["tokenizer"], config_path=config_path
-        )
         log.info("loading mimi and moshi on %s", settings.device)
-        mimi = info.get_mimi(device=settings.device)
-        lm = info.get_moshi(device=settings.device, dtype=dtype)
-        gen_config = dict(info.lm_gen_config, support_out_of_sync=True)
-        if settings.greedy:
-            gen_config["use_sampling"] = False
-
-        def lm_gen_for(batch: int) -> LMGen:
-            conditions = get_condition_tensors(info.model_type, lm, batch_size=batch, cfg_coef=1.0)
-            return LMGen(lm, condition_tensors=conditions, **gen_config)
-
+        loaded = model.load(env)
         slots = settings.slots
         if not slots:
-            slots, how = slots_for_gpu(settings.device, lambda: slot_bytes(mimi, lm_gen_for)) if cuda else (1, "CPU")
+            slots, how = loaded.slots_for_gpu() if settings.device.startswith("cuda") else (1, "CPU")
             log.info("slots: %d (%s)", slots, how)
-        engine = SlotEngine(mimi, lm_gen_for(slots), slots, settings.device)
-        warm_up(engine)
-        return engine, info.get_text_tokenizer()
+        return loaded.engine(slots), loaded.tokenizer
 
     return build
-
-
-def slot_bytes(mimi, lm_gen_for) -> int:
-    """GPU memory one slot's streaming state takes (KV caches, codec state), measured."""
-    import torch
-
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    gen = lm_gen_for(1)
-    with mimi.streaming(1), gen.streaming(1):
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated() - before
-
-
-def warm_up(engine: SlotEngine) -> None:
-    """A few frames of silence in every slot (CUDA graphs are captured here), then all reset."""
-    import numpy as np
-
-    silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
-    every = range(engine.slots)
-    for i in range(4):
-        engine.tick(dict.fromkeys(every, silence), set(every) if i == 0 else set())
-    engine.reset(list(every))
 
 
 def serve(settings: Settings, build) -> None:

@@ -1,0 +1,421 @@
+"""Moshi's model on this host, in one place: its switches, its mode and its loading.
+
+- :func:`switch` is the one parser of the ``MYCA_MOSHI_*`` on/off variables.
+- :func:`probe` (run in the interpreter that will run Moshi) and :func:`recommend` give the
+  fastest mode that works here, with a structured ``limit``; :func:`decide` turns that and the
+  operator's forces into moshi's switches.  The launcher, ``serve --auto`` and the gpu_facts
+  module (through ``python -m myca_ops.voice.model probe``) all use these.
+- :func:`load` loads the service's weights with the service's dtype and device, and
+  :meth:`Loaded.engine` makes the :class:`~myca_ops.voice.engine.SlotEngine` the batched server
+  serves with; the step-latency measurement and the benchmarks time that same engine.
+
+    python -m myca_ops.voice.model probe    # this interpreter's CUDA and Triton, and the mode it gets
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
+
+MOSHI_FILE = "model.safetensors"
+MIMI_FILE = "mimi.safetensors"
+TOKENIZER_FILE = "tokenizer.model"
+CONFIG_FILE = "config.json"
+DEFAULT_WEIGHTS_DIR = "/var/lib/moshi/weights"
+MODES = ("compile+graphs", "graphs", "compile", "eager", "cpu")
+SLOW_MODE_MS = 200  # the field report's step time with graphs and compile off
+MAX_SLOTS_AUTO = 32
+GPU_HEADROOM = 0.10  # of the GPU's memory kept free when slots are counted from it
+# Tiny LM dims for random weights ("small"): fast anywhere, the codebook layout stays the real one.
+SMALL_LM = {
+    "dim": 256,
+    "num_heads": 4,
+    "num_layers": 2,
+    "depformer_dim": 128,
+    "depformer_num_heads": 1,
+    "depformer_num_layers": 2,
+    "depformer_dim_feedforward": 528,
+}
+
+# --- Switches --------------------------------------------------------------------------------
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def switch(env: dict[str, str], name: str, default: bool = False) -> bool:
+    """An on/off variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty is `default`."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} is {env[name]!r}: expected one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+# --- The mode ----------------------------------------------------------------------------------
+# Why a mode is slower than compile+graphs, as data (verdicts branch on it, never on the text).
+LIMITS = ("no_cuda", "no_triton", "triton_fails", "forced", "not_probed")
+
+# triton-windows releases pair with one torch minor each (its README's table).
+TRITON_WINDOWS_FOR_TORCH = {"2.6": "3.2", "2.7": "3.3", "2.8": "3.4", "2.9": "3.5"}
+
+# Run in a fresh interpreter: a failed torch.compile must leave nothing in the caller's process,
+# and moshi must not be imported yet.  torch.compile of a tiny function on CUDA goes through
+# inductor, Triton, the C compiler and Python.h: exactly what moshi needs at its first frame.
+PROBE = r"""
+import json, os, platform, shutil, sys, sysconfig
+out = {"system": platform.system(), "python": sys.executable, "torch_version": None,
+       "torch_cuda_available": False, "torch_cuda_version": None, "torch_devices": [],
+       "triton_version": None, "triton_compiles": False, "triton_error": None, "probe_error": None,
+       "c_compiler": shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc"),
+       "python_headers": os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))}
+try:
+    import torch
+except Exception as exc:
+    out["probe_error"] = "torch is not importable: %s" % exc
+    print(json.dumps(out)); sys.exit(0)
+out["torch_version"] = torch.__version__.split("+")[0]
+out["torch_cuda_version"] = torch.version.cuda
+out["torch_cuda_available"] = bool(torch.cuda.is_available())
+if out["torch_cuda_available"]:
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        out["torch_devices"].append({"name": torch.cuda.get_device_name(i),
+                                     "memory_total_mib": total // 2**20, "memory_free_mib": free // 2**20})
+try:
+    import triton
+    out["triton_version"] = triton.__version__
+except Exception as exc:
+    out["triton_error"] = "triton is not importable: %s" % exc
+if out["torch_cuda_available"] and out["triton_version"]:
+    try:
+        out["triton_compiles"] = torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device="cuda")).sum().item() == 24
+    except Exception as exc:
+        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+        out["triton_error"] = "%s: %s" % (type(exc).__name__, lines[-1] if lines else "")
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    mode: str | None  # None: not probed (no torch in that interpreter yet)
+    reason: str
+    limit: str | None  # one of LIMITS, None for compile+graphs
+
+
+def recommend(facts: dict) -> Recommendation:
+    """The fastest mode that works, from :data:`PROBE`'s facts.  CUDA graphs need only CUDA;
+    torch.compile needs Triton, which needs a C compiler and Python.h (its kernel compile proves it)."""
+    if not facts.get("torch_version"):
+        return Recommendation(None, f"not probed: {facts.get('probe_error') or 'no torch'}", "not_probed")
+    if not facts.get("torch_cuda_available"):
+        return Recommendation("cpu", f"torch {facts['torch_version']} sees no CUDA device", "no_cuda")
+    graphs_only = "CUDA graphs on, torch.compile off: "
+    if not facts.get("triton_version"):
+        return Recommendation("graphs", graphs_only + "Triton is not installed: " + _triton_install(facts), "no_triton")
+    if not facts.get("triton_compiles"):
+        hints = []
+        if not facts.get("c_compiler"):
+            hints.append("no C compiler: install gcc")
+        if not facts.get("python_headers"):
+            hints.append("Python.h missing: install the python3-dev package of that Python")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        error = facts.get("triton_error") or "unknown error"
+        return Recommendation(
+            "graphs", f"{graphs_only}Triton {facts['triton_version']} cannot compile: {error}{hint}", "triton_fails"
+        )
+    return Recommendation(
+        "compile+graphs",
+        f"CUDA and Triton {facts['triton_version']} compile a kernel: torch.compile and CUDA graphs on",
+        None,
+    )
+
+
+def _triton_install(facts: dict) -> str:
+    torch_version = facts["torch_version"]
+    if facts.get("system") != "Windows":
+        return "pip install the triton release your torch names"
+    pin = TRITON_WINDOWS_FOR_TORCH.get(".".join(torch_version.split(".")[:2]))
+    if not pin:
+        return f"pip install the triton-windows release made for torch {torch_version}"
+    major, minor = pin.split(".")
+    return f'pip install "triton-windows>={pin},<{major}.{int(minor) + 1}" (torch {torch_version})'
+
+
+def probe(python: str = sys.executable, timeout: float = 300, extra_env: dict | None = None) -> dict:
+    """:data:`PROBE` run by `python`, its caches in a temporary folder (facts never change the host)."""
+    with tempfile.TemporaryDirectory(prefix="moshi-probe-") as tmp:
+        script = Path(tmp) / "probe.py"  # triton.jit reads source: no `python -c`
+        script.write_text(PROBE)
+        env = dict(os.environ, TRITON_CACHE_DIR=f"{tmp}/triton", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor")
+        env.update(extra_env or {})
+        try:
+            out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"probing torch in {python} took over {timeout:.0f} s") from None
+        except OSError as exc:
+            raise ValueError(f"cannot run {python}: {exc}") from None
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise ValueError(f"cannot probe torch in {python}: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(lines[-1])
+
+
+@dataclass
+class Decision:
+    mode: str
+    reason: str
+    limit: str | None  # one of LIMITS: why this mode is slower than compile+graphs
+    env: dict[str, str] = field(default_factory=dict)  # moshi's switches to set; all others are cleared
+    warning: str | None = None
+
+
+def decide(device: str, recommended: Recommendation, force_graphs_off: bool, force_compile_off: bool) -> Decision:
+    """The mode for this start: the recommendation, less what the operator forced off."""
+    if not device.startswith("cuda"):
+        reason = f"device {device}: CUDA graphs and Triton kernels need a CUDA device"
+        return Decision("cpu", reason, "no_cuda", {"NO_TORCH_COMPILE": "1"})
+    if recommended.mode not in MODES:
+        raise ValueError(f"unknown recommended mode {recommended.mode!r}; expected one of {', '.join(MODES)}")
+    if recommended.mode == "cpu":
+        raise ValueError(
+            f"device {device} asked for, but this host's facts say: {recommended.reason}. "
+            "Fix the GPU or set moshi_device: cpu"
+        )
+    compile_ok = recommended.mode == "compile+graphs" and not force_compile_off
+    graphs_ok = not force_graphs_off
+    env = {}
+    if not compile_ok:
+        env["NO_TORCH_COMPILE"] = "1"
+    if not graphs_ok:
+        env["NO_CUDA_GRAPH"] = "1"
+    if compile_ok and graphs_ok:
+        return Decision("compile+graphs", recommended.reason, None, env)
+    if graphs_ok:
+        if recommended.mode == "compile+graphs":  # compile was forced off
+            warning = "torch.compile forced off: CUDA graphs alone still fit the frame budget on most GPUs"
+            return Decision("graphs", "forced by moshi_force_no_torch_compile", "forced", env, warning)
+        return Decision("graphs", recommended.reason, recommended.limit, env)
+    forced = ["moshi_force_no_cuda_graph"] + (["moshi_force_no_torch_compile"] if force_compile_off else [])
+    warning = (
+        f"SLOW MODE FORCED ({', '.join(forced)}): CUDA graphs off. Expect about {SLOW_MODE_MS} ms per "
+        f"step against a {FRAME_BUDGET_MS:.0f} ms frame budget: buffer underruns and garbled voice"
+    )
+    return Decision("compile" if compile_ok else "eager", f"forced by {', '.join(forced)}", "forced", env, warning)
+
+
+def auto_env(env: dict[str, str], facts: dict) -> dict[str, str]:
+    """The service's environment with the probed mode (and device, unless set) filled in."""
+    rec = recommend(facts)
+    return {
+        "MYCA_MOSHI_DEVICE": "cuda" if facts.get("torch_cuda_available") else "cpu",
+        **env,
+        "MYCA_MOSHI_RECOMMENDED_MODE": rec.mode or "",
+        "MYCA_MOSHI_RECOMMENDED_REASON": rec.reason,
+        "MYCA_MOSHI_RECOMMENDED_LIMIT": rec.limit or "",
+    }
+
+
+def decide_from_env(env: dict[str, str]) -> Decision:
+    """The decision for the service configured by `env` (the role's environment file).  A
+    recommended mode of ``auto`` (a container: the host has no venv to probe) is probed here, as
+    ``serve --auto`` does, so the service and a measurement beside it decide alike."""
+    if env.get("MYCA_MOSHI_RECOMMENDED_MODE") == "auto":
+        env = auto_env(env, probe())
+    recommended = Recommendation(
+        env.get("MYCA_MOSHI_RECOMMENDED_MODE") or "compile+graphs",
+        env.get("MYCA_MOSHI_RECOMMENDED_REASON", "no reason given"),
+        env.get("MYCA_MOSHI_RECOMMENDED_LIMIT") or None,
+    )
+    return decide(
+        device(env),
+        recommended,
+        switch(env, "MYCA_MOSHI_FORCE_GRAPHS_OFF"),
+        switch(env, "MYCA_MOSHI_FORCE_COMPILE_OFF"),
+    )
+
+
+def set_switches(decision: Decision) -> None:
+    """moshi's switches for `decision`, in this process, before moshi is imported (it reads them then)."""
+    for name in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH"):
+        os.environ.pop(name, None)
+    os.environ.update(decision.env)
+
+
+# --- Weights ------------------------------------------------------------------------------------
+def device(env: dict[str, str]) -> str:
+    return env.get("MYCA_MOSHI_DEVICE") or "cuda"
+
+
+def weights_dir(env: dict[str, str]) -> Path:
+    return Path(env.get("MYCA_MOSHI_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
+
+
+def resolve_weights(folder: Path) -> dict[str, Path | None]:
+    paths: dict[str, Path | None] = {
+        "moshi": folder / MOSHI_FILE,
+        "mimi": folder / MIMI_FILE,
+        "tokenizer": folder / TOKENIZER_FILE,
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing weight file(s): {', '.join(missing)}; re-run the moshi role "
+            "(moshi_hf_repo or moshi_weights) to put them there"
+        )
+    config = folder / CONFIG_FILE
+    paths["config"] = config if config.is_file() else None
+    if paths["config"] is not None:
+        try:
+            json.loads(config.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{config} is not valid JSON ({exc}); fix or remove it") from exc
+    return paths
+
+
+def config_or_default(weights: dict[str, Path | None]) -> Path:
+    """The checkpoint's config.json; for a legacy checkpoint without one, moshi's 7B config
+    written to a temporary file (else moshi would ask the hub for config.json)."""
+    if weights["config"] is not None:
+        return weights["config"]
+    fd, name = tempfile.mkstemp(prefix="moshi-config-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(moshi_7b_config(), f)
+    return Path(name)
+
+
+def moshi_7b_config() -> dict:
+    """moshi's own LM kwargs for the 7B model. moshi exposes them only as the private
+    `loaders._lm_kwargs`: this is the one place that reads it."""
+    from moshi.models import loaders
+
+    try:
+        return dict(loaders._lm_kwargs)
+    except AttributeError:
+        import moshi
+
+        raise ValueError(
+            f"moshi {getattr(moshi, '__version__', '?')} has no loaders._lm_kwargs (the 7B config): "
+            "give the checkpoint's config.json (moshi_weights.config), or use the pinned moshi_version"
+        ) from None
+
+
+# --- Loading --------------------------------------------------------------------------------------
+def dtype_for(device_name: str, half: bool):
+    """bf16 (fp16 with half) on a GPU, as moshi.server; float32 on CPU, where bf16 is slow."""
+    import torch
+
+    if not device_name.startswith("cuda"):
+        return torch.float32
+    return torch.float16 if half else torch.bfloat16
+
+
+@dataclass
+class Loaded:
+    """One loaded model: Mimi, the LM and what makes an LMGen for B slots."""
+
+    mimi: object
+    lm: object
+    device: str
+    dtype: object
+    gen_config: dict
+    model_type: str = "moshi"
+    tokenizer: object = None  # sentencepiece; None for random weights
+
+    def lm_gen(self, batch: int):
+        from moshi.models import LMGen
+        from moshi.run_inference import get_condition_tensors
+
+        conditions = get_condition_tensors(self.model_type, self.lm, batch_size=batch, cfg_coef=1.0)
+        return LMGen(self.lm, condition_tensors=conditions, **self.gen_config)
+
+    def engine(self, slots: int):
+        """The batched server's engine with `slots` slots, warmed up (CUDA graphs are captured then)."""
+        from myca_ops.voice.engine import SlotEngine
+
+        engine = SlotEngine(self.mimi, self.lm_gen(slots), slots, self.device)
+        warm_up(engine)
+        return engine
+
+    def slot_bytes(self) -> int:
+        """GPU memory one slot's streaming state takes (KV caches, codec state), measured."""
+        import torch
+
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        gen = self.lm_gen(1)
+        with self.mimi.streaming(1), gen.streaming(1):
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() - before
+
+    def slots_for_gpu(self) -> tuple[int, str]:
+        """As many slots as the GPU's free memory holds, keeping GPU_HEADROOM of it free."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(self.device))
+        per_slot = self.slot_bytes()
+        slots = max(1, min(MAX_SLOTS_AUTO, int((free - GPU_HEADROOM * total) // max(per_slot, 1))))
+        return slots, f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured"
+
+
+def load(env: dict[str, str], random_size: str | None = None) -> Loaded:
+    """The service's model as the batched server loads it (weights, dtype, device, sampling), or,
+    with `random_size` ("full": the 7B shapes, "small": a tiny LM), random weights; Mimi is full-size."""
+    import torch
+    from moshi.models import loaders
+
+    torch.set_grad_enabled(False)
+    where, half = device(env), switch(env, "MYCA_MOSHI_HALF")
+    dtype = dtype_for(where, half)
+    gen_config: dict = {"support_out_of_sync": True}
+    if switch(env, "MYCA_MOSHI_GREEDY"):
+        gen_config["use_sampling"] = False
+    if random_size:
+        overrides = {} if random_size == "full" else dict(SMALL_LM)
+        mimi = loaders.get_mimi(None, device=where)
+        lm = loaders.get_moshi_lm(None, device=where, dtype=dtype, lm_kwargs_overrides=overrides)
+        return Loaded(mimi, lm, where, dtype, gen_config)
+    paths = resolve_weights(weights_dir(env))
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "local/unused", paths["moshi"], paths["mimi"], paths["tokenizer"], config_path=config_or_default(paths)
+    )
+    mimi = info.get_mimi(device=where)
+    lm = info.get_moshi(device=where, dtype=dtype)
+    gen_config.update(info.lm_gen_config)
+    return Loaded(mimi, lm, where, dtype, gen_config, info.model_type, info.get_text_tokenizer())
+
+
+def warm_up(engine) -> None:
+    """A few frames of silence in every slot (CUDA graphs are captured here), then all reset."""
+    import numpy as np
+
+    silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+    every = range(engine.slots)
+    for i in range(4):
+        engine.tick(dict.fromkeys(every, silence), set(every) if i == 0 else set())
+    engine.reset(list(every))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["probe"]:
+        print("usage: python -m myca_ops.voice.model probe", file=sys.stderr)
+        return 2
+    facts = probe()
+    rec = recommend(facts)
+    print(json.dumps({**facts, "mode": rec.mode, "reason": rec.reason, "limit": rec.limit}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

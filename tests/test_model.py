@@ -1,0 +1,188 @@
+"""myca_ops.voice.model: the one switch parser, the one mode decision and the weights layout."""
+
+import pytest
+
+from myca_ops.voice import model
+from myca_ops.voice.model import Recommendation
+
+GRAPHS = Recommendation("graphs", "CUDA graphs on, torch.compile off: Triton is not installed", "no_triton")
+FAST = Recommendation("compile+graphs", "ok", None)
+
+
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("1", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_switches_read_every_usual_spelling(raw, value):
+    env = {} if raw is None else {"MYCA_MOSHI_HALF": raw}
+    assert model.switch(env, "MYCA_MOSHI_HALF") is value
+    assert model.switch({}, "MYCA_MOSHI_HALF", default=True) is True
+
+
+def test_a_switch_with_another_word_names_the_variable():
+    with pytest.raises(ValueError, match="MYCA_MOSHI_FORCE_GRAPHS_OFF is 'maybe': expected one of 1, true"):
+        model.switch({"MYCA_MOSHI_FORCE_GRAPHS_OFF": "maybe"}, "MYCA_MOSHI_FORCE_GRAPHS_OFF")
+    # The service reads its forces through the same parser: a typo stops the start with the name.
+    with pytest.raises(ValueError, match="MYCA_MOSHI_FORCE_COMPILE_OFF is 'ja'"):
+        model.decide_from_env({"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_FORCE_COMPILE_OFF": "ja"})
+
+
+@pytest.mark.parametrize(
+    "device, recommended, graphs_off, compile_off, mode, limit, env",
+    [
+        ("cuda", FAST, False, False, "compile+graphs", None, {}),
+        ("cuda:1", FAST, False, False, "compile+graphs", None, {}),
+        ("cuda", GRAPHS, False, False, "graphs", "no_triton", {"NO_TORCH_COMPILE": "1"}),
+        ("cuda", FAST, False, True, "graphs", "forced", {"NO_TORCH_COMPILE": "1"}),
+        ("cuda", FAST, True, False, "compile", "forced", {"NO_CUDA_GRAPH": "1"}),
+        ("cuda", FAST, True, True, "eager", "forced", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
+        ("cuda", GRAPHS, True, False, "eager", "forced", {"NO_TORCH_COMPILE": "1", "NO_CUDA_GRAPH": "1"}),
+        ("cpu", Recommendation("cpu", "x", "no_cuda"), False, False, "cpu", "no_cuda", {"NO_TORCH_COMPILE": "1"}),
+        ("cpu", FAST, False, False, "cpu", "no_cuda", {"NO_TORCH_COMPILE": "1"}),
+    ],
+)
+def test_mode_decision(device, recommended, graphs_off, compile_off, mode, limit, env):
+    decision = model.decide(device, recommended, graphs_off, compile_off)
+    assert (decision.mode, decision.limit, decision.env) == (mode, limit, env)
+
+
+def test_graphs_mode_keeps_the_facts_reason():
+    decision = model.decide("cuda", GRAPHS, False, False)
+    assert decision.reason == GRAPHS.reason and decision.warning is None
+
+
+def test_forcing_graphs_off_warns_with_the_frame_budget():
+    decision = model.decide("cuda", FAST, True, False)
+    assert "moshi_force_no_cuda_graph" in decision.reason
+    assert "200 ms" in decision.warning and "80 ms frame budget" in decision.warning
+
+
+def test_cuda_asked_on_a_host_without_cuda_is_an_error():
+    with pytest.raises(ValueError, match="torch 2.13.0 sees no CUDA device"):
+        model.decide("cuda", Recommendation("cpu", "torch 2.13.0 sees no CUDA device", "no_cuda"), False, False)
+
+
+def test_unknown_recommended_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown recommended mode 'fast'"):
+        model.decide("cuda", Recommendation("fast", "", None), False, False)
+
+
+def test_the_environment_file_carries_the_limit_as_data():
+    env = {
+        "MYCA_MOSHI_DEVICE": "cuda",
+        "MYCA_MOSHI_RECOMMENDED_MODE": "graphs",
+        "MYCA_MOSHI_RECOMMENDED_REASON": "anything at all",
+        "MYCA_MOSHI_RECOMMENDED_LIMIT": "triton_fails",
+    }
+    assert model.decide_from_env(env).limit == "triton_fails"
+    assert model.decide_from_env({**env, "MYCA_MOSHI_FORCE_COMPILE_OFF": "yes"}).limit == "triton_fails"
+    assert model.decide_from_env({**env, "MYCA_MOSHI_FORCE_GRAPHS_OFF": "on"}).limit == "forced"
+
+
+# The probe's facts (gpu_facts, myca-moshi probe, serve --auto) -> (mode, limit, a part of the reason).
+LINUX = {
+    "system": "Linux",
+    "torch_version": "2.9.1",
+    "torch_cuda_available": True,
+    "triton_version": "3.5.1",
+    "triton_compiles": True,
+    "c_compiler": "/usr/bin/cc",
+    "python_headers": True,
+}
+WINDOWS = {**LINUX, "system": "Windows", "triton_version": None, "triton_compiles": False}
+
+
+@pytest.mark.parametrize(
+    "facts, mode, limit, reason",
+    [
+        (
+            {**LINUX, "torch_version": None, "probe_error": "torch is not importable"},
+            None,
+            "not_probed",
+            "not probed: torch is not importable",
+        ),
+        ({**LINUX, "torch_cuda_available": False}, "cpu", "no_cuda", "torch 2.9.1 sees no CUDA device"),
+        (LINUX, "compile+graphs", None, "CUDA and Triton 3.5.1 compile a kernel"),
+        ({**LINUX, "triton_version": None}, "graphs", "no_triton", "pip install the triton release your torch names"),
+        (WINDOWS, "graphs", "no_triton", 'pip install "triton-windows>=3.5,<3.6" (torch 2.9.1)'),
+        ({**WINDOWS, "torch_version": "2.6.0"}, "graphs", "no_triton", 'pip install "triton-windows>=3.2,<3.3"'),
+        ({**WINDOWS, "torch_version": "2.11.0"}, "graphs", "no_triton", "triton-windows release made for torch 2.11.0"),
+        (
+            {
+                **LINUX,
+                "triton_compiles": False,
+                "triton_error": "RuntimeError: Failed to find C compiler",
+                "c_compiler": None,
+            },
+            "graphs",
+            "triton_fails",
+            "Triton 3.5.1 cannot compile: RuntimeError: Failed to find C compiler (no C compiler: install gcc)",
+        ),
+        (
+            {**LINUX, "triton_compiles": False, "triton_error": "CalledProcessError", "python_headers": False},
+            "graphs",
+            "triton_fails",
+            "Python.h missing: install the python3-dev package",
+        ),
+    ],
+)
+def test_the_fastest_mode_that_works_from_the_probed_facts(facts, mode, limit, reason):
+    got = model.recommend(facts)
+    assert (got.mode, got.limit) == (mode, limit)
+    assert reason in got.reason
+
+
+def test_auto_never_turns_cuda_graphs_off_itself():
+    """What --auto hands to the decision: graphs stay on whatever Triton does; only compile goes."""
+    for facts in (WINDOWS, LINUX, {**LINUX, "triton_compiles": False}):
+        decision = model.decide_from_env(model.auto_env({}, facts))
+        assert "NO_CUDA_GRAPH" not in decision.env and decision.mode in ("graphs", "compile+graphs")
+    assert model.decide_from_env(model.auto_env({}, {**WINDOWS, "torch_cuda_available": False})).mode == "cpu"
+    assert model.auto_env({"MYCA_MOSHI_DEVICE": "cuda:1"}, WINDOWS)["MYCA_MOSHI_DEVICE"] == "cuda:1"
+
+
+def test_an_environment_file_that_says_auto_is_decided_by_probing_here(monkeypatch):
+    """A container's moshi.env (moshi_runtime: docker) says auto: the server and verify's measurement
+    beside it both probe the image's torch, so they pick the same mode."""
+    monkeypatch.setattr(model, "probe", lambda: {**LINUX, "triton_version": "3.6.0"})
+    env = {"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_RECOMMENDED_MODE": "auto", "MYCA_MOSHI_RECOMMENDED_REASON": ""}
+    decision = model.decide_from_env(env)
+    assert decision.mode == "compile+graphs" and "Triton 3.6.0 compile a kernel" in decision.reason
+    monkeypatch.setattr(model, "probe", lambda: {**LINUX, "triton_version": None})
+    assert (model.decide_from_env(env).mode, model.decide_from_env(env).limit) == ("graphs", "no_triton")
+
+
+def test_missing_weight_file_names_it(tmp_path):
+    (tmp_path / model.MOSHI_FILE).write_bytes(b"x")
+    with pytest.raises(FileNotFoundError) as err:
+        model.resolve_weights(tmp_path)
+    assert model.MIMI_FILE in str(err.value) and model.TOKENIZER_FILE in str(err.value)
+    assert model.MOSHI_FILE not in str(err.value).split("missing weight file(s): ")[1].split(";")[0]
+
+
+def test_broken_config_names_the_file(tmp_path):
+    for name in (model.MOSHI_FILE, model.MIMI_FILE, model.TOKENIZER_FILE):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / model.CONFIG_FILE).write_text('{"dim": 256,')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        model.resolve_weights(tmp_path)
+
+
+@pytest.mark.lab  # torch
+def test_the_dtype_rule_is_the_servers():
+    import torch
+
+    assert model.dtype_for("cpu", half=True) is torch.float32  # bf16 is slow on CPU
+    assert model.dtype_for("cuda", half=False) is torch.bfloat16
+    assert model.dtype_for("cuda:1", half=True) is torch.float16
