@@ -315,13 +315,17 @@ def test_a_dead_upstream_is_named_to_the_client_and_by_healthz(tmp_path):
         msg = asyncio.run(scenario(base))
         status, body = http_get(base + "/healthz")
     assert msg.data == 1014 and msg.extra.startswith("upstream unreachable: ClientConnectorError")
-    assert status == 503 and "upstream unreachable" in json.loads(body)["error"]
+    body = json.loads(body)
+    assert status == 503 and body["moshi"]["status"] == "down"
+    assert body["error"].startswith("Moshi: no answer from http://127.0.0.1:9")
 
 
-def test_healthz_is_ok_when_the_upstream_shakes_hands(tmp_path, upstream):
+def test_healthz_says_what_moshis_healthz_says(tmp_path, upstream):
     with bridge(tmp_path, upstream=upstream) as base:
         status, body = http_get(base + "/healthz")
-    assert status == 200 and json.loads(body)["ok"] is True
+    body = json.loads(body)
+    assert status == 200 and body["ok"] is True
+    assert body["moshi"] == {"status": "ready", "source": "healthz"}
 
 
 def test_fuzz_leaves_the_bridge_up_and_other_sessions_unharmed(tmp_path, upstream):

@@ -15,12 +15,13 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 
 import aiohttp
 from test_bridge import chat_url, client_frame, raw_websocket
 
 from myca_ops.lab.callers import holding_the_slot, refused_upgrade, rss_mb
-from myca_ops.lab.processes import free_port, process
+from myca_ops.lab.processes import bridge, echo_upstream, free_port, process
 
 RSS_LIMIT_MB = 100
 SETTINGS = {
@@ -286,48 +287,25 @@ def test_the_battery(tmp_path, moshi_server):
     assert seen["reconnects"].endswith(": 0 told busy")
 
 
-def test_a_healthz_burst_opens_one_upstream_session(tmp_path, burst=50):
-    """Counted at an upstream of our own: a burst of /healthz is one probe, shared."""
-    from aiohttp import web
-
-    opened = []
-
-    async def scenario():
-        async def chat(request):
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            opened.append(time.monotonic())
-            await ws.send_bytes(b"\x00")
-            await asyncio.sleep(0.2)
-            await ws.close()
-            return ws
-
-        app = web.Application()
-        app.router.add_get("/api/chat", chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        up_port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", up_port).start()
-        port = free_port()
-        config = tmp_path / "bridge.json"
-        upstream = f"ws://127.0.0.1:{up_port}/api/chat"
+def test_health_calls_open_no_upstream_session(tmp_path, burst=50):
+    """50 concurrent /healthz on the bridge: all answered, and the upstream (the echo server, which
+    counts its sessions) opened none: the bridge reads Moshi's /healthz, once for the burst."""
+    with echo_upstream(tmp_path) as upstream:
         settings = {"upstream": upstream, "max_connections_per_address": 100}  # the whole burst comes from here
-        config.write_text(json.dumps({"listen_host": "127.0.0.1", "listen_port": port, **settings}))
-        argv = [sys.executable, "-m", "myca_ops.bridge", "serve", "--config", str(config)]
-        with contextlib.ExitStack() as stack:
-            await asyncio.to_thread(stack.enter_context, process(argv, port, tmp_path / "bridge.log"))
-            async with aiohttp.ClientSession() as http:
+        with bridge(tmp_path, **settings) as base:
 
-                async def one():
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        return resp.status, await resp.json()
+            async def scenario():
+                async with aiohttp.ClientSession() as http:
 
-                answers = await asyncio.gather(*(one() for _ in range(burst)))
-            await asyncio.to_thread(stack.close)  # the bridge stops while this loop still serves its upstream
-        await runner.cleanup()
-        return answers
+                    async def one():
+                        async with http.get(base + "/healthz") as resp:
+                            return resp.status, await resp.json()
 
-    answers = asyncio.run(scenario())
-    assert {status for status, _ in answers} == {200}
-    assert len(opened) == 1
-    assert all(body["handshake_ms"] > 0 for _, body in answers)  # loopback sees the details
+                    return await asyncio.gather(*(one() for _ in range(burst)))
+
+            answers = asyncio.run(scenario())
+        with urllib.request.urlopen(upstream.replace("ws", "http", 1).replace("/api/chat", "/healthz")) as answer:
+            upstream_health = json.load(answer)
+    assert [status for status, _ in answers] == [200] * burst
+    assert all(body["moshi"]["status"] == "ready" for _, body in answers)  # loopback sees the details
+    assert upstream_health["sessions_opened"] == 0

@@ -184,9 +184,45 @@ def test_status_degraded_when_moshi_is_unreachable(mas_db):
     port = free_port()
     code, body = status_of(Settings(dsn=mas_db, moshi_url=f"ws://127.0.0.1:{port}/api/chat"))
     assert code == 200 and body["status"] == "degraded"
-    assert body["components"]["voice"]["moshi"]["error"].startswith(
-        f"127.0.0.1:{port} unreachable: ConnectionRefusedError"
-    )
+    moshi = body["components"]["voice"]["moshi"]
+    assert (moshi["ok"], moshi["status"]) == (False, "down")
+    assert moshi["error"].startswith(f"no answer from http://127.0.0.1:{port}: [Errno 111] Connection refused")
+
+
+def test_a_full_moshi_is_healthy_and_the_status_says_so(mas_db):
+    """Moshi's /healthz says all slots are taken: up (no degraded status), and no session was opened."""
+    import http.server
+    import threading
+
+    asked = []
+
+    class FullMoshi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            asked.append(self.path)
+            body = json.dumps({"model_loaded": True, "ok": True, "status": "full", "slots_used": 2, "slots_total": 2})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), FullMoshi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"ws://127.0.0.1:{server.server_port}/api/chat"
+        code, body = status_of(Settings(dsn=mas_db, moshi_url=url))
+    finally:
+        server.shutdown()
+    assert body["components"]["voice"]["moshi"] == {
+        "ok": True,
+        "status": "full",
+        "slots_used": 2,
+        "slots_total": 2,
+        "error": None,
+    }
+    assert code == 200 and body["status"] == "ok" and asked == ["/healthz"]
 
 
 def test_status_lists_what_prometheus_has_firing_and_stays_ok(mas_db, prometheus):
@@ -347,7 +383,7 @@ def random_json(rng, depth: int = 0):
     atoms = [None, True, 0, -1, 2**70, 1e308, float("nan"), float("inf"), "", "x" * rng.randint(1, 300), "\u0000"]
     roll = rng.random()
     if depth < 3 and roll < 0.35:
-        keys = ["event", "session_id", "at", "ok", "sessions", "handshake_ms", "error", "outcome", "close_code", "z"]
+        keys = ["event", "session_id", "at", "ok", "sessions", "moshi", "error", "outcome", "close_code", "z"]
         return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 6))}
     if depth < 3 and roll < 0.5:
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]

@@ -28,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from myca_ops.bridge.config import BridgeConfig
 from myca_ops.bridge.events import EventSink
-from myca_ops.voice.protocol import HANDSHAKE, client_ssl
+from myca_ops.voice.health import check
+from myca_ops.voice.protocol import client_ssl
 
 log = logging.getLogger("myca_ops.bridge")
 
@@ -114,6 +115,8 @@ class BridgeState:
         self.metrics_networks = config.metrics_networks()
         self.per_address: dict[str, int] = {}  # open requests (websocket sessions included) per client
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
+        if self.upstream_ssl is True:  # verified against the system's store: a context health checks share
+            self.upstream_ssl = ssl.create_default_context()
         self.background: set[asyncio.Task] = set()
         self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
         self.slot_freed = asyncio.Condition()
@@ -411,19 +414,22 @@ async def pump_from_upstream(upstream, ws: web.WebSocketResponse, m: Metrics):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the upstream answers the handshake byte (or is busy serving our sessions), else 503.
+    """200 when Moshi is up (its /healthz: model loaded, full included; moshi.server: answering), else 503.
 
-    Single flight and cached for HEALTH_CACHE_S: a burst of calls opens at most one upstream
-    session per period, and none while the bridge relays one.  Only the networks in
+    Never a session: Moshi's own health contract (myca_ops.voice.health), cached for HEALTH_CACHE_S
+    and single flight, so a burst of calls is one request upstream.  Only the networks in
     metrics_allowed (or a token holder) see the details; others get {ok} alone."""
     config, state = request.app[CONFIG], request.app[STATE]
-    async with state.health_lock:  # the callers of a burst wait for one probe and share it
+    async with state.health_lock:  # the callers of a burst wait for one check and share it
         if state.health is None or time.monotonic() - state.health[0] >= HEALTH_CACHE_S:
             body = {"upstream": config.upstream, "sessions": state.active, "max_sessions": config.max_sessions}
-            if state.active:
-                body.update(ok=True, detail="upstream is serving the bridge's sessions")
-            else:
-                body.update(await probe_upstream(config, state))
+            moshi = await asyncio.to_thread(
+                check, config.upstream, config.connect_timeout_s, state.upstream_ssl or None
+            )
+            keep = ("status", "source", "slots_used", "slots_total", "mode", "error", "detail")
+            body.update(ok=moshi["up"], moshi={k: moshi[k] for k in keep if k in moshi})
+            if moshi.get("error"):
+                body["error"] = f"Moshi: {moshi['error']}"
             state.health = (time.monotonic(), 200 if body["ok"] else 503, body)
     _, status, body = state.health
     return web.json_response(body if insider(request) else {"ok": body["ok"]}, status=status)
@@ -439,25 +445,6 @@ def insider(request: web.Request) -> bool:
     if peer is not None and any(peer in net for net in request.app[STATE].metrics_networks):
         return True
     return bool(config.tokens) and token_ok(request, config.tokens)
-
-
-async def probe_upstream(config: BridgeConfig, state: BridgeState) -> dict:
-    try:
-        msg, seconds = await asyncio.wait_for(first_message(state, config.upstream), config.connect_timeout_s)
-        if msg.type == WSMsgType.BINARY and msg.data[:1] == bytes([HANDSHAKE]):
-            return {"ok": True, "handshake_ms": round(seconds * 1000, 1)}
-        return {"ok": False, "error": f"upstream sent {msg.type.name} {msg.data!r:.40} instead of the handshake byte"}
-    except asyncio.TimeoutError:
-        return {"ok": False, "error": f"no handshake from the upstream within {config.connect_timeout_s:g} s"}
-    except (aiohttp.ClientError, OSError) as exc:
-        return {"ok": False, "error": f"upstream unreachable: {type(exc).__name__}: {exc}"}
-
-
-async def first_message(state: BridgeState, url: str) -> tuple[aiohttp.WSMessage, float]:
-    """The upstream's first message and the seconds it took (the close that follows is not counted)."""
-    t0 = time.perf_counter()
-    async with state.client.ws_connect(url, ssl=state.upstream_ssl) as upstream:
-        return await upstream.receive(), time.perf_counter() - t0
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from myca_ops.voice.health import check
 
-async def tcp_reachable(url: str, timeout: float) -> dict:
-    """Open and close a TCP connection to the URL's host and port: no websocket session (Moshi serves one at a time)."""
+
+async def moshi_health(url: str, timeout: float) -> dict:
+    """Moshi's own health (myca_ops.voice.health: the batched server's /healthz, or moshi.server's
+    HTTP answer), never a session: moshi.server serves one at a time."""
     if not url:
         return {"ok": None, "error": "not configured"}
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme in ("wss", "https") else 80)
-    t0 = time.perf_counter()
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
-        writer.close()
-        return {"ok": True, "connect_ms": round((time.perf_counter() - t0) * 1000, 2), "error": None}
-    except (OSError, asyncio.TimeoutError) as exc:
-        return {"ok": False, "error": f"{parts.hostname}:{port} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")}
+    health = await asyncio.to_thread(check, url, timeout)
+    return {
+        "ok": health["up"],
+        "status": health["status"],
+        "slots_used": _number(health.get("slots_used")),
+        "slots_total": _number(health.get("slots_total")),
+        "error": health.get("error"),
+    }
 
 
 async def bridge_health(base_url: str, timeout: float) -> dict:
-    """The bridge's own /healthz (it knows whether Moshi answers the handshake), read defensively:
+    """The bridge's own /healthz (whether Moshi is up, as the bridge sees it), read defensively:
     whatever it answers becomes plain fields (a bool, numbers or None, a short string)."""
     if not base_url:
         return {"ok": None, "error": "not configured"}
@@ -36,11 +36,11 @@ async def bridge_health(base_url: str, timeout: float) -> dict:
                 body = await resp.json(content_type=None)
         if not isinstance(body, dict):
             return {"ok": False, "error": f"{base_url}/healthz answered {type(body).__name__}, not a JSON object"}
-        error = body.get("error")
+        error, moshi = body.get("error"), body.get("moshi")
         return {
             "ok": body.get("ok") is True,
             "sessions": _number(body.get("sessions")),
-            "handshake_ms": _number(body.get("handshake_ms")),
+            "moshi_status": _text(moshi.get("status"), 40) if isinstance(moshi, dict) else None,
             "error": None if error is None else _text(error, 300),
         }
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as exc:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import asyncpg
 
-from myca_ops.mas.checks import bridge_health, tcp_reachable
+from myca_ops.mas.checks import bridge_health, moshi_health
 from myca_ops.mas.settings import Settings
 from myca_ops.mas.spool import Spool
 
@@ -77,7 +77,7 @@ class HostCollector:
 
 
 class VoiceCollector:
-    """Whether Moshi's port answers and what the bridge's /healthz says (handshake time)."""
+    """Moshi's health (its /healthz, no session) and what the bridge's /healthz says."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,7 +85,7 @@ class VoiceCollector:
     async def collect(self) -> dict:
         timeout = self.settings.check_timeout_s
         moshi, bridge = await asyncio.gather(
-            tcp_reachable(self.settings.moshi_url, timeout), bridge_health(self.settings.bridge_url, timeout)
+            moshi_health(self.settings.moshi_url, timeout), bridge_health(self.settings.bridge_url, timeout)
         )
         return {"moshi": moshi, "bridge": bridge}
 

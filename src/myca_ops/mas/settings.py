@@ -17,7 +17,7 @@ class Settings:
     collectors: tuple[str, ...] = ()  # the collectors that should be running
     collector_interval_s: float = 10.0
     spool_dir: Path = Path("/var/lib/myca-mas/spool")
-    moshi_url: str = ""  # ws://gpu-host:8998/api/chat: reachability only (a TCP connect, no session)
+    moshi_url: str = ""  # ws://gpu-host:8998/api/chat: its health (myca_ops.voice.health, no session)
     bridge_url: str = ""  # http://bridge:8999: its /healthz
     status_ttl_s: float = 2.0
     check_timeout_s: float = 2.0

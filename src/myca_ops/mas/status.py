@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from myca_ops.mas.checks import bridge_health, firing_alerts, tcp_reachable
+from myca_ops.mas.checks import bridge_health, firing_alerts, moshi_health
 from myca_ops.mas.settings import Settings
 
 log = logging.getLogger("myca_ops.mas")
@@ -120,7 +120,7 @@ class Stack:
         timeout = self.settings.check_timeout_s
         (database, collectors), moshi, bridge, (prometheus, alerts) = await asyncio.gather(
             self._database(timeout),
-            tcp_reachable(self.settings.moshi_url, timeout),
+            moshi_health(self.settings.moshi_url, timeout),
             bridge_health(self.settings.bridge_url, timeout),
             firing_alerts(self.settings.prometheus_url, timeout),
         )
