@@ -44,6 +44,26 @@ class SlotEngine:
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
 
+    def state_bytes(self) -> int:
+        """Bytes of every tensor in the slots' streaming state (KV caches, codec buffers, token
+        caches): fixed at the start for a ring KV cache, whatever the sessions' lengths."""
+        seen: set[int] = set()
+
+        def size(value, depth: int = 0) -> int:
+            if isinstance(value, self.torch.Tensor):
+                if value.data_ptr() in seen:
+                    return 0
+                seen.add(value.data_ptr())
+                return value.nbytes
+            if isinstance(value, (list, tuple)):
+                return sum(size(v, depth + 1) for v in value)
+            if depth < 3 and hasattr(value, "__dict__") and not callable(value):
+                return sum(size(v, depth + 1) for v in vars(value).values())
+            return 0
+
+        modules = [self.lm_gen, *self.lm_gen.lm_model.modules(), *self.mimi.modules()]
+        return sum(size(m._streaming_state) for m in modules if getattr(m, "_streaming_state", None) is not None)
+
     def close(self) -> None:
         """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
         self._streaming.close()
@@ -90,9 +110,11 @@ class SlotEngine:
             self.mimi.set_exec_mask(ready_mask)
             # Rows not decoded hold out-of-range ids: give them a valid one (their state stays masked).
             audio_tokens = torch.where(ready_mask[:, None, None], tokens[:, 1:], torch.zeros_like(tokens[:, 1:]))
-            pcm = self.mimi.decode(audio_tokens)[:, 0].cpu().numpy()
+            pcm = self.mimi.decode(audio_tokens)[:, 0].cpu().numpy().copy()
         clock.mark()
-        codes_np, tokens_np = codes[:, :, 0].cpu().numpy(), tokens[:, :, 0].cpu().numpy()
+        # Copies: on CPU .numpy() shares the model's buffers, and an answer kept by its reader
+        # would pin them (a long session's memory grew by a megabyte a frame).
+        codes_np, tokens_np = codes[:, :, 0].cpu().numpy().copy(), tokens[:, :, 0].cpu().numpy().copy()
         out = {
             k: SlotOutput(codes_np[k], tokens_np[k] if k in ready else None, pcm[k] if k in ready else None)
             for k in active
