@@ -227,15 +227,21 @@ probe_cpu_ms:
   type: float
   sample: 310.5
 callers:
-  description: A load test's callers, each with the single probe's figures plus C(caller), C(start_s), C(outcome),
+  description: A load test's callers, each with the single probe's figures plus C(caller), C(outcome),
     C(waited_ms) (until the handshake or the refusal), C(arrival_s) and C(underrun_s) (seconds after its first send),
-    and C(close_code) with C(close_reason) when refused or cut off.
+    and C(close_code) with C(close_reason) when refused or cut off. Its moments on one clock, in seconds since the
+    first caller connected (null where it did not get there), C(start_s) (it connected), C(handshake_s),
+    C(stream_s) (its first send), C(first_audio_s) and C(end_s).
   returned: a load test
   type: list
   elements: dict
   sample:
   - caller: 0
     start_s: 0.0
+    handshake_s: 0.021
+    stream_s: 0.022
+    first_audio_s: 0.252
+    end_s: 3.41
     outcome: real-time
     handshake_ms: 21.0
     first_audio_ms: 230.0

@@ -378,6 +378,17 @@ def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched
     load_test = {k for k, doc in module_doc("moshi_voice_probe")["return"].items() if doc["returned"] == "a load test"}
     assert load_test <= set(result)
 
+    # One clock: each caller connects 0.3 s after the one before, and its moments follow in order.
+    starts = [c["start_s"] for c in callers]
+    assert starts[0] == 0.0 and all(0.2 < b - a < 1.0 for a, b in zip(starts, starts[1:], strict=False)), starts
+    for c in callers[:2]:
+        assert c["start_s"] < c["handshake_s"] <= c["stream_s"] < c["first_audio_s"] < c["end_s"], c
+    assert refused["start_s"] < refused["end_s"] and refused["handshake_s"] is None
+    # The timeline draws each caller from the moment it connected: a later caller is drawn later.
+    drawn = [timeline.bars(c) for c in callers]
+    assert [d["waiting"][0] for d in drawn] == starts
+    assert [d["talking"][0] for d in drawn[:2]] == [c["stream_s"] for c in callers[:2]]
+
     png = timeline.render(result, tmp_path / "loadtest.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = timeline.table(result)

@@ -18,6 +18,25 @@ from myca_ops.voice.protocol import FRAME_BUDGET_MS
 COLOURS = dict(zip(OUTCOMES, ("#2e7d32", "#f9a825", "#c62828", "#757575"), strict=True))
 
 
+def bars(caller: dict) -> dict:
+    """Where a caller is drawn, in seconds since the first caller connected (one clock for all):
+    waiting from its connect to its handshake (or refusal), talking from its first send to its
+    last audio; its underruns and long gaps on the same axis."""
+    start = caller.get("start_s") or 0.0
+    waited = (caller.get("waited_ms") or 0) / 1000
+    if caller["outcome"] == "refused":
+        return {"waiting": (start, max(waited, 0.05)), "talking": None, "gaps": [], "underruns": []}
+    talk = caller.get("stream_s") or caller.get("handshake_s") or start + waited
+    arrivals = caller.get("arrival_s") or []
+    gaps = [b for a, b in zip(arrivals, arrivals[1:], strict=False) if (b - a) * 1000 > 2 * FRAME_BUDGET_MS]
+    return {
+        "waiting": (start, talk - start),
+        "talking": (talk, (arrivals[-1] if arrivals else 0) + 0.08),
+        "gaps": [talk + t for t in gaps],
+        "underruns": [talk + t for t in caller.get("underrun_s") or []],
+    }
+
+
 def render(load: dict, dest: Path) -> Path:
     import matplotlib
 
@@ -28,27 +47,21 @@ def render(load: dict, dest: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(callers)))
     for row, c in enumerate(callers):
         y = len(callers) - 1 - row
-        start = c["start_s"]
-        waited = (c.get("waited_ms") or 0) / 1000
-        colour = COLOURS[c["outcome"]]
-        if c["outcome"] == "refused":
-            ax.barh(y, max(waited, 0.05), left=start, color=colour, height=0.5)
-            ax.text(start + waited, y, f"  refused: close {c.get('close_code')}", va="center", fontsize=8)
+        drawn, colour = bars(c), COLOURS[c["outcome"]]
+        if drawn["talking"] is None:
+            ax.barh(y, drawn["waiting"][1], left=drawn["waiting"][0], color=colour, height=0.5)
+            ax.text(sum(drawn["waiting"]), y, f"  refused: close {c.get('close_code')}", va="center", fontsize=8)
             continue
-        talk = start + waited
-        ax.barh(y, waited, left=start, color="#bdbdbd", height=0.5)  # waiting for a slot
-        arrivals = c.get("arrival_s") or []
-        ax.barh(y, (arrivals[-1] if arrivals else 0) + 0.08, left=talk, color=colour, height=0.5)
-        gaps = [b for a, b in zip(arrivals, arrivals[1:], strict=False) if (b - a) * 1000 > 2 * FRAME_BUDGET_MS]
-        ax.plot([talk + t for t in gaps], [y + 0.3] * len(gaps), "v", color="#ef6c00", markersize=4)
-        under = c.get("underrun_s") or []
-        ax.plot([talk + t for t in under], [y] * len(under), "x", color="black", markersize=6)
+        ax.barh(y, drawn["waiting"][1], left=drawn["waiting"][0], color="#bdbdbd", height=0.5)  # waiting for a slot
+        ax.barh(y, drawn["talking"][1], left=drawn["talking"][0], color=colour, height=0.5)
+        ax.plot(drawn["gaps"], [y + 0.3] * len(drawn["gaps"]), "v", color="#ef6c00", markersize=4)
+        ax.plot(drawn["underruns"], [y] * len(drawn["underruns"]), "x", color="black", markersize=6)
     ax.set_yticks(range(len(callers)), [f"caller {c['caller']}" for c in reversed(callers)])
-    ax.set_xlabel("seconds since the first caller")
+    ax.set_xlabel("seconds since the first caller connected")
     counts = ", ".join(f"{load['summary'].get(o, 0)} {o}" for o in OUTCOMES)
     ax.set_title(
         f"{len(callers)} callers: {counts}\n"
-        f"grey: waiting for a slot; bar: talking (colour = verdict); x: underrun; "
+        f"grey: connecting and waiting for a slot; bar: talking (colour = verdict); x: underrun; "
         f"v: audio gap over 2 frames ({2 * FRAME_BUDGET_MS:.0f} ms)",
         fontsize=9,
     )
@@ -69,7 +82,7 @@ def table(load: dict) -> str:
     for c in load["callers"]:
         gap = (c.get("gap_ms") or {}).get("p99")
         lines.append(
-            f"{c['caller']:>6} {c['start_s']:>5.1f}s "
+            f"{c['caller']:>6} {c.get('start_s') or 0:>5.1f}s "
             f"{_ms(c.get('waited_ms')):>8} {_ms(c.get('first_audio_ms')):>10} {_ms(gap):>8} "
             f"{c.get('underruns', '-'):>5} {str(c.get('close_code') or '-'):>6}  {c['outcome']}"
         )

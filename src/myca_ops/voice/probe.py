@@ -163,7 +163,7 @@ async def probe(
     import sphn
 
     result: dict = {"url": url, "seconds": seconds, "error": None}
-    start = time.perf_counter()
+    start, connect_at = time.perf_counter(), time.monotonic()
     try:
         async with chat_session(url, connect_timeout, cafile, verify_tls, token) as ws:
             result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
@@ -174,6 +174,7 @@ async def probe(
         result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason, waited_ms=waited)
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
         result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
+    result["clock"] = {"connect": connect_at, **result.get("clock", {}), "end": time.monotonic()}
     return result
 
 
@@ -185,13 +186,35 @@ def _crowd_caller(ready, results, i: int, url: str, seconds: float, stagger_s: f
         import sphn  # noqa: F401
 
         ready.wait(timeout=120)
-        t0 = time.monotonic()
         time.sleep(i * stagger_s)
         result = asyncio.run(probe(url, seconds, **kwargs))
-        result.update(caller=i, start_s=round(time.monotonic() - t0, 3))
+        result["caller"] = i
     except Exception as exc:  # a caller that breaks is a result, never a hung load test
         result = {"url": url, "caller": i, "error": f"caller {i} failed: {type(exc).__name__}: {exc}"}
     results.put(result)
+
+
+def on_one_clock(results) -> None:
+    """Each caller's moments as seconds since the first caller connected: ``start_s`` (it connected),
+    ``handshake_s``, ``first_audio_s``, ``end_s`` (None when it did not get there).  The callers'
+    processes share the system's monotonic clock, so one caller's moment compares with another's."""
+    clocks = [r.pop("clock", None) or {} for r in results]
+    epoch = min((c["connect"] for c in clocks if "connect" in c), default=0.0)
+    for result, clock in zip(results, clocks, strict=True):
+
+        def since(at):
+            return None if at is None else round(at - epoch, 3)
+
+        handshake = clock["connect"] + result["handshake_ms"] / 1000 if result.get("handshake_ms") is not None else None
+        stream = clock.get("stream")
+        first_audio = stream + result["first_audio_ms"] / 1000 if stream and result.get("first_audio_ms") else None
+        result.update(
+            start_s=since(clock.get("connect")),
+            handshake_s=since(handshake),
+            stream_s=since(stream),
+            first_audio_s=since(first_audio),
+            end_s=since(clock.get("end")),
+        )
 
 
 def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwargs) -> dict:
@@ -229,6 +252,7 @@ def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwar
             proc.kill()
     for i in range(callers):  # a caller process that died or hung (killed above)
         collected.setdefault(i, {"url": url, "caller": i, "error": f"caller {i} gave no result"})
+    on_one_clock(collected.values())
     for result in collected.values():
         if "handshake_ms" not in result:
             result.update(outcome="refused", realtime=False, cause=result["error"])
@@ -286,7 +310,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
     arrivals: list[tuple[float, int]] = []  # (seconds since first send, samples at 24 kHz)
     texts: list[str] = []
     other_kinds: dict[int, int] = {}
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, stream_at = time.perf_counter(), time.process_time(), time.monotonic()
 
     closed: list = []  # (code, reason) when the server ends the session first
 
@@ -361,11 +385,13 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         "text": "".join(texts)[:200],
         "other_kinds": other_kinds,
         "probe_cpu_ms": round(cpu_s * 1000, 1),  # this process, while streaming (sending, receiving, decoding)
+        "clock": {"stream": stream_at},  # the system's monotonic clock, shared by a load test's processes
     }
 
 
 def run(url: str, seconds: float = 10, **kwargs) -> dict:
     result = asyncio.run(probe(url, seconds, **kwargs))
+    result.pop("clock", None)  # a single probe's moments are its own: in ms, above
     if not kwargs.get("handshake_only"):
         result["realtime"], result["cause"] = verdict(result)
     else:
