@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The service path on a GPU host: `myca-moshi serve --auto` (the batched server, slots sized from
-# the GPU's free memory), then the upstream moshi.server, each on the lab checkpoint (tiny LM, full
-# Mimi; generated here, no hub), each answering a crowd of real websocket callers (Opus both ways).
-# Figures show that the path works with CUDA graphs on the GPU; the LM's speed is bench/moshi_*.py's.
-# Run it after bench/device_check.sh, which installs moshi and sphn there.
-#   bench/device_serve.sh [CALLERS]     (default 8); results under $OUT (or reports/device)
+# Callers served end to end on a GPU host: one start of the batched server with the full-size
+# model's shapes (random weights, the 7B LM and the full Mimi, as bench/moshi_slots.py uses;
+# MYCA_MOSHI_RANDOM_WEIGHTS=full), 64 slots, then load tests of 16, 32 and 64 real websocket
+# callers (Opus both ways, one process per caller). Per load: callers real-time, first audio
+# p50/max, gap p99 (worst caller), the server's tick p99 over the load (its /healthz) and its CPU
+# per caller. Target on an H100/H200: 64 callers all real-time, gap p99 at most 120 ms.
+# Run it after bench/device_check.sh, which installs moshi and sphn there. Under 10 minutes.
+#   bench/device_serve.sh [SLOTS] [LOADS]      (defaults: 64 "16 32 64"); results under $OUT (or reports/device)
+#   SHAPES=small bench/device_serve.sh 2 "1 2"  a smoke run on CPU (the tiny LM)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-callers=${1:-8}
+slots=${1:-64}
+loads=${2:-16 32 64}
 out=${OUT:-reports/device}
 mkdir -p "$out"
 python=${PYTHON:-python3}
@@ -15,45 +19,38 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 work=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
-"$python" -m myca_ops.lab.weights "$work/weights" || exit 1
-echo "device_serve: myca-moshi probe"
-"$python" -m myca_ops.voice.launcher probe
-failed=0
-for kind in batched upstream; do
-  echo "device_serve: $kind server ($(date -u +%T))"
-  MYCA_MOSHI_SERVER=$kind MYCA_MOSHI_WEIGHTS_DIR=$work/weights MYCA_MOSHI_SLOTS=0 MYCA_MOSHI_PORT=8998 \
-    "$python" -m myca_ops.voice.launcher serve --auto >"$out/serve_$kind.log" 2>&1 &
-  server=$!
-  if "$python" -m myca_ops.voice.launcher wait --timeout 240; then
-    n=$callers
-    [ "$kind" = upstream ] && n=1  # moshi.server takes one conversation at a time
-    # One probe process per caller: one process decoding many Opus streams falls behind itself.
-    probes=()
-    for i in $(seq "$n"); do
-      "$python" -m myca_ops.voice.probe --seconds 6 >"$work/caller_$i.json" &
-      probes+=($!)
-      sleep 0.05
-    done
-    for pid in "${probes[@]}"; do wait "$pid" || failed=1; done
-    "$python" - "$out/callers_$kind.json" "$work"/caller_*.json <<'PY'
+"$python" -m myca_ops.lab.weights "$work/weights" || exit 1  # the tokenizer's folder; the LM is random
+echo "device_serve: $slots slots, ${SHAPES:-full}-size shapes, random weights ($(date -u +%T))"
+MYCA_MOSHI_RANDOM_WEIGHTS=${SHAPES:-full} MYCA_MOSHI_WEIGHTS_DIR=$work/weights MYCA_MOSHI_SLOTS=$slots MYCA_MOSHI_PORT=8998 \
+  "$python" -m myca_ops.voice.launcher serve --auto >"$out/serve.log" 2>&1 &
+server=$!
+"$python" -m myca_ops.voice.launcher wait --timeout 300 || { tail -20 "$out/serve.log"; exit 1; }
+for n in $loads; do
+  echo "device_serve: $n callers ($(date -u +%T))"
+  cpu0=$(awk '{print $14 + $15}' /proc/$server/stat)
+  t0=$(date +%s.%N)
+  "$python" -m myca_ops.voice.probe --callers "$n" --seconds 10 --stagger 0.05 >"$out/load_$n.json"
+  t1=$(date +%s.%N)
+  cpu1=$(awk '{print $14 + $15}' /proc/$server/stat)
+  curl -s localhost:8998/healthz >"$out/health_$n.json"
+  "$python" - "$out/load_$n.json" "$out/health_$n.json" "$n" "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-callers = [json.load(open(path)) for path in sys.argv[2:]]
-json.dump(callers, open(sys.argv[1], "w"), indent=2)
-print(f"{'caller':>6} {'first audio ms':>14} {'gap p99 ms':>10} {'underruns':>9} {'rt ratio':>8}  verdict")
-for i, c in enumerate(callers):
-    gap = (c.get("gap_ms") or {}).get("p99")
-    print(f"{i:>6} {c.get('first_audio_ms')!s:>14} {gap!s:>10} {c.get('underruns')!s:>9} "
-          f"{c.get('realtime_ratio')!s:>8}  {c['cause']}")
-print(f"{sum(c['realtime'] for c in callers)} of {len(callers)} callers real-time")
+from myca_ops.voice.stats import percentile
+load, health = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+n, cpu0, cpu1, t0, t1, hz = int(sys.argv[3]), *map(float, sys.argv[4:9])
+callers = load["callers"]
+first = [c["first_audio_ms"] for c in callers if c.get("first_audio_ms") is not None]
+gaps = [(c.get("gap_ms") or {}).get("p99") for c in callers]
+gaps = [g for g in gaps if g is not None]
+cpu_per_caller = (cpu1 - cpu0) / hz / (t1 - t0) / n * 100
+print(f"{'callers':>7} {'real-time':>9} {'1st audio p50':>13} {'max':>6} {'gap p99':>8} {'tick p99':>8} {'CPU/caller':>10}")
+print(f"{n:>7} {load['summary']['real-time']:>9} {percentile(first, 50) or 0:>10.0f} ms {max(first, default=0):>6.0f} "
+      f"{max(gaps, default=0):>5.0f} ms {health['tick_ms']['p99'] or 0:>5.1f} ms {cpu_per_caller:>9.1f}%")
+print(load["cause"])
 PY
-    rm -f "$work"/caller_*.json
-    curl -s localhost:8998/healthz && echo
-  else
-    failed=1
-  fi
-  grep -E "myca-moshi|slots|mode|Error|error" "$out/serve_$kind.log" | head -8
-  kill $server
-  wait $server 2>/dev/null
 done
+grep -E "myca-moshi|slots|ready|Error|error" "$out/serve.log" | head -8
+kill $server
+wait $server 2>/dev/null
+server=
 echo "device_serve: done ($(date -u +%T))"
-exit $failed

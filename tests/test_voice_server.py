@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -127,6 +128,7 @@ def batched(lab_weights, tmp_path_factory):
         MYCA_MOSHI_SLOTS=str(SLOTS),
         MYCA_MOSHI_GREEDY="1",
         MYCA_MOSHI_SEND_BUFFER_BYTES="2048",
+        MYCA_MOSHI_WRITE_STALL_S="30",  # the slow reader below reads nothing for 12 s, by design
     )
     base = f"127.0.0.1:{port}"
     try:
@@ -393,3 +395,154 @@ def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = timeline.table(result)
     assert "refused" in text and text.count("\n") == len(callers) + 2
+
+
+# --- The session rules, for callers that reach the server directly (myca_ops.sessions) ----------
+STALL_S, IDLE_S, SESSION_S, FRAMES_PER_S = 1.5, 2.0, 8.0, 100
+
+
+@pytest.fixture(scope="module")
+def strict(lab_weights, tmp_path_factory):
+    """The batched server with one slot and short session rules: (base URL, log)."""
+    log = tmp_path_factory.mktemp("strict") / "server.log"
+    server, port = launch_moshi(
+        lab_weights,
+        log,
+        MYCA_MOSHI_SERVER="batched",
+        MYCA_MOSHI_SLOTS="1",
+        MYCA_MOSHI_WRITE_STALL_S=str(STALL_S),
+        MYCA_MOSHI_IDLE_TIMEOUT_S=str(IDLE_S),
+        MYCA_MOSHI_MAX_SESSION_S=str(SESSION_S),
+        MYCA_MOSHI_MAX_FRAMES_PER_S=str(FRAMES_PER_S),
+    )
+    base = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while health(base)[0] != 200:
+            assert server.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        yield base, log
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def slot_free_within(base: str, seconds: float) -> float | None:
+    """Seconds until /healthz says no slot is used, or None after `seconds`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if health(base)[1].get("slots_used") == 0:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    return None
+
+
+async def handshake_within(base: str, seconds: float = 1.0) -> bool:
+    """A real caller: connected and given the handshake byte within `seconds`."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
+        first = await ws.receive(timeout=seconds)
+        return first.type == aiohttp.WSMsgType.BINARY and first.data == bytes([HANDSHAKE])
+
+
+def test_the_server_aborts_a_client_that_reads_nothing_while_it_keeps_its_socket(strict):
+    """It sends audio in real time (never idle) and never reads a byte, so it never answers a
+    ping: the slot is free within the write-stall bound, though its socket stays open."""
+    base, log = strict
+    attacker = raw_websocket(base, rcvbuf=2048)
+    feed = pages(speech_like(8.0, seed=4))
+    t0, freed_at = time.monotonic(), None
+    for page in feed:
+        try:
+            attacker.sendall(client_frame(page))
+        except OSError:  # aborted by the server: what a client that reads nothing gets
+            break
+        if freed_at is None and time.monotonic() - t0 > 0.5 and health(base)[1].get("slots_used") == 0:
+            freed_at = time.monotonic() - t0
+            break
+        time.sleep(SEND_FRAME / SAMPLE_RATE)
+    try:
+        freed_at = freed_at or slot_free_within(base, 3.0)
+        assert freed_at is not None and freed_at < STALL_S + 2.0, freed_at
+        assert asyncio.run(handshake_within(base)), "a real caller was not served after the stall"
+    finally:
+        attacker.close()
+    assert "write_stall: write stall: the client read nothing for" in log.read_text()
+
+
+def test_junk_frames_do_not_keep_a_slot(strict):
+    """A client that reads (and answers pings) but sends only frames of an unknown kind: idle, 4408."""
+    import aiohttp
+
+    base, _ = strict
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
+            assert (await ws.receive(timeout=5)).data == bytes([HANDSHAKE])
+            t0 = time.monotonic()
+
+            async def junk():
+                while True:
+                    await ws.send_bytes(b"\x09")
+                    await asyncio.sleep(0.2)
+
+            sender = asyncio.create_task(junk())
+            try:
+                while True:
+                    msg = await ws.receive(timeout=IDLE_S + 5)
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        return msg, time.monotonic() - t0
+            finally:
+                sender.cancel()
+
+    msg, after = asyncio.run(scenario())
+    assert (msg.data, msg.extra) == (4408, f"idle: no audio from the client for {IDLE_S:g} s")
+    assert IDLE_S <= after < IDLE_S + 2.0
+    assert slot_free_within(base, 1.0) is not None
+
+
+def test_a_flood_is_cut_and_the_slot_freed_while_the_flooder_keeps_its_socket(strict):
+    base, log = strict
+    attacker = raw_websocket(base)
+    try:
+        with contextlib.suppress(OSError):
+            for _ in range(FRAMES_PER_S * 3):
+                attacker.sendall(client_frame(b"\x09"))
+        assert slot_free_within(base, 2.0) is not None
+        assert asyncio.run(handshake_within(base))
+    finally:
+        attacker.close()
+    assert f"flood: over {FRAMES_PER_S} frames in a second" in log.read_text()
+
+
+def test_a_session_ends_at_the_limit_with_the_reason(strict):
+    """A well-behaved caller talking without a pause is closed at max_session_s, with 4410."""
+    import aiohttp
+
+    base, _ = strict
+    talk = pages(speech_like(SESSION_S + 6, seed=6))
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
+            assert (await ws.receive(timeout=5)).data == bytes([HANDSHAKE])
+            t0 = time.monotonic()
+
+            async def speak():
+                for page in talk:
+                    await ws.send_bytes(page)
+                    await asyncio.sleep(SEND_FRAME / SAMPLE_RATE)
+
+            speaker = asyncio.create_task(speak())
+            try:
+                while True:
+                    msg = await ws.receive(timeout=SESSION_S + 5)
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        return msg, time.monotonic() - t0
+            finally:
+                speaker.cancel()
+
+    msg, after = asyncio.run(scenario())
+    assert (msg.data, msg.extra) == (4410, f"session limit: {SESSION_S:g} s")
+    assert SESSION_S <= after < SESSION_S + 3.0

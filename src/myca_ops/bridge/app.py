@@ -10,7 +10,6 @@ in the bridge beyond one message per direction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import logging
@@ -28,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from myca_ops.bridge.config import BridgeConfig
 from myca_ops.bridge.events import EventSink
+from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, watch
 from myca_ops.voice.health import check
 from myca_ops.voice.protocol import client_ssl
 
@@ -39,20 +39,12 @@ CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
 CLOSE_TEXT = WSCloseCode.UNSUPPORTED_DATA  # 1003
 CLOSE_TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG  # 1009
 CLOSE_UPSTREAM = WSCloseCode.BAD_GATEWAY  # 1014
-CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008: over the frame budget
-CLOSE_IDLE = 4408
-CLOSE_SESSION_LIMIT = 4410
-CLOSE_ABORTED = 1006  # reserved, never sent: what a client that stopped reading would see
 AUDIO = 1
-# Outcomes whose connection is aborted at once, without a close handshake: a client that reads
-# nothing cannot take part in one, and a flood is not worth the CPU of waiting for it.
-ABORTED = {"write_stall", "flood"}
 # aiohttp itself closes (with no reason) above this; between our limit and this we say why.
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
 TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
-CLOSE_TIMEOUT_S = 2.0
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
 REFUSAL_CLOSE_S = 0.1
 
@@ -90,13 +82,6 @@ class Metrics:
             d: (self.bytes.labels(d), self.relay.labels(d), {k: self.messages.labels(d, n) for k, n in KINDS.items()})
             for d in ("to_upstream", "to_client")
         }
-
-
-class Liveness:
-    """When the client last answered a ping, last sent audio, and when its session started."""
-
-    def __init__(self) -> None:
-        self.started = self.last_pong = self.last_audio = time.monotonic()
 
 
 class BridgeState:
@@ -162,21 +147,6 @@ def upstream_url(config: BridgeConfig, request: web.Request) -> str:
     """The upstream URL with the client's query string, less the bridge's own token."""
     query = [(k, v) for k, v in request.query.items() if k != "token"]
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
-
-
-async def close(
-    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, reason: str, transport=None
-) -> None:
-    """Close within CLOSE_TIMEOUT_S: a peer that stops reading (or never answers the close) cannot
-    hold the handler; past the bound the connection is aborted."""
-    message = reason.encode()[:120]  # a close reason has at most 123 bytes
-    try:
-        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        if transport is not None:
-            transport.abort()
-    except Exception:  # the peer is already gone: nothing left to tell it
-        pass
 
 
 async def slot_within(state: BridgeState, config: BridgeConfig, seconds: float) -> bool:
@@ -261,11 +231,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # background; the client's close is bounded, so the handler ends within CLOSE_TIMEOUT_S.
         if upstream is not None:
             state.spawn(close(upstream, 1000, "client gone" if outcome == "relayed" else reason), closing=True)
-        if outcome in ABORTED:
-            if request.transport is not None:
-                request.transport.abort()
-        else:
-            await close(ws, code, reason, request.transport)
+        await end(outcome, code, reason, ws, request.transport)
     return ws
 
 
@@ -304,11 +270,11 @@ async def connect_upstream(request: web.Request, config: BridgeConfig, state: Br
 
 async def relay(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics):
     """Relay until one side ends or a rule ends the session; returns (outcome, close code, reason)."""
-    seen = Liveness()
+    seen = Liveness(config.rules())
     tasks = {
         asyncio.create_task(pump_from_client(ws, upstream, config, m, seen)),
         asyncio.create_task(pump_from_upstream(upstream, ws, m)),
-        asyncio.create_task(watch(ws, seen, config)),
+        asyncio.create_task(watch(ws, seen)),
     }
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -321,61 +287,27 @@ async def relay(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Me
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _ping(ws: web.WebSocketResponse) -> None:
-    with contextlib.suppress(Exception):  # the connection is going: the watch notices the silence
-        await ws.ping()
-
-
-async def watch(ws: web.WebSocketResponse, seen: Liveness, config: BridgeConfig):
-    """The session's rules, one timer for all: pings the client (its pongs prove it reads), and
-    ends the session on a write stall, on no audio for idle_timeout_s, or at max_session_s."""
-    interval = min(config.write_stall_s / 4, 5.0)
-    ping = None
-    try:
-        while True:
-            now = time.monotonic()
-            if now - seen.last_pong > config.write_stall_s:
-                stalled = now - seen.last_pong
-                return "write_stall", CLOSE_ABORTED, f"write stall: the client read nothing for {stalled:.1f} s"
-            if now - seen.last_audio > config.idle_timeout_s:
-                return "idle", CLOSE_IDLE, f"idle: no audio from the client for {config.idle_timeout_s:g} s"
-            if now - seen.started > config.max_session_s:
-                return "session_limit", CLOSE_SESSION_LIMIT, f"session limit: {config.max_session_s:g} s"
-            if ping is None or ping.done():  # one ping in flight: behind a full buffer it waits
-                ping = asyncio.create_task(_ping(ws))
-            await asyncio.sleep(interval)
-    finally:
-        if ping is not None:
-            ping.cancel()
-
-
 async def pump_from_client(ws: web.WebSocketResponse, upstream, config: BridgeConfig, m: Metrics, seen: Liveness):
     nbytes, relay_time, per_kind = m.per_direction["to_upstream"]
-    limit, budget = config.max_message_bytes, config.max_frames_per_s
-    second, frames = 0, 0
+    limit = config.max_message_bytes
     while True:
         msg = await ws.receive()
         if msg.type == WSMsgType.PONG:
-            seen.last_pong = time.monotonic()
+            seen.pong()
         elif msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type == WSMsgType.BINARY:
             data = msg.data
-            now = time.monotonic()
-            if int(now) != second:
-                second, frames = int(now), 0
-            frames += 1
-            if frames > budget:
+            over = seen.frame(audio=data[:1] == bytes([AUDIO]))
+            if over:
                 m.dropped.labels("over_budget").inc()
-                return "flood", CLOSE_POLICY, f"over {budget} frames in a second"
+                return over
             if len(data) > limit:
                 return "too_big", CLOSE_TOO_BIG, f"message of {len(data)} bytes is over the limit of {limit}"
             counter = per_kind.get(data[0]) if data else None
             if counter is None:
                 m.dropped.labels("unknown_kind").inc()
                 continue
-            if data[0] == AUDIO:
-                seen.last_audio = now
             started = time.perf_counter()
             await upstream.send_bytes(data)
             relay_time.observe(time.perf_counter() - started)

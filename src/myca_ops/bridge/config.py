@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from myca_ops.sessions import Rules
+
 
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message names it and the fix."""
@@ -64,6 +66,10 @@ class BridgeConfig:
             raise ConfigError(
                 "every token must be at least 16 characters (bridge_tokens); make one with `openssl rand -hex 24`"
             )
+
+    def rules(self) -> Rules:
+        """The session rules (myca_ops.sessions), the batched server's too."""
+        return Rules(self.write_stall_s, self.idle_timeout_s, self.max_session_s, self.max_frames_per_s)
 
     def metrics_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """metrics_allowed as networks; a host name stands for every address it resolves to now."""

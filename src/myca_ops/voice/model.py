@@ -370,9 +370,14 @@ class Loaded:
 
 def load(env: dict[str, str], random_size: str | None = None) -> Loaded:
     """The service's model as the batched server loads it (weights, dtype, device, sampling), or,
-    with `random_size` ("full": the 7B shapes, "small": a tiny LM), random weights; Mimi is full-size."""
+    with `random_size` or ``MYCA_MOSHI_RANDOM_WEIGHTS`` ("full": the 7B shapes, "small": a tiny LM;
+    for benchmarks: no text tokenizer, so no text is sent), random weights; Mimi is full-size."""
     import torch
     from moshi.models import loaders
+
+    random_size = random_size or env.get("MYCA_MOSHI_RANDOM_WEIGHTS") or None
+    if random_size not in (None, "small", "full"):
+        raise ValueError(f"MYCA_MOSHI_RANDOM_WEIGHTS is {random_size!r}: expected small or full (benchmarks only)")
 
     torch.set_grad_enabled(False)
     where, half = device(env), switch(env, "MYCA_MOSHI_HALF")

@@ -11,6 +11,10 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
 - A caller who finds every slot taken is closed at once with 1013 "all N slots busy".
 - A client that does not read loses audio, not the others' time: its outgoing queue is
   bounded, and what does not fit is dropped and counted.
+- A slot is held only by a real caller, for a bounded time, by the bridge's own rules
+  (:mod:`myca_ops.sessions`, ``MYCA_MOSHI_WRITE_STALL_S``, ``_IDLE_TIMEOUT_S``, ``_MAX_SESSION_S``,
+  ``_MAX_FRAMES_PER_S``): a client that reads nothing, sends no audio, floods, or talks past the
+  limit is ended, for callers that reach the server directly as for those behind the bridge.
 - ``GET /healthz`` answers without a session (:mod:`myca_ops.voice.health` is its contract): 503
   while loading, then 200 with ``status`` ready, full (every slot taken: healthy, but no room), or
   over budget (the ticks of the last minute ran over 80 ms); ``GET /metrics`` is Prometheus text.
@@ -32,6 +36,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from myca_ops.sessions import Liveness, Rules, close, end, watch
 from myca_ops.voice import model
 from myca_ops.voice.engine import SlotEngine
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
@@ -57,9 +62,17 @@ class Settings:
     ssl_dir: str = ""
     mode: str = "unknown"  # as the launcher decided it, for /healthz
     device: str = "cuda"
+    rules: Rules = Rules()  # write stall, idle, session limit, frame budget: as the bridge's
 
     @classmethod
     def from_env(cls, env: dict[str, str], mode: str) -> Settings:
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name, "") or str(default)
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+
         def number(name: str, default: int) -> int:
             raw = env.get(name, "") or str(default)
             try:
@@ -79,6 +92,12 @@ class Settings:
             ssl_dir=env.get("MYCA_MOSHI_SSL_DIR", ""),
             mode=mode,
             device=model.device(env),
+            rules=Rules(
+                seconds("MYCA_MOSHI_WRITE_STALL_S", 10.0),
+                seconds("MYCA_MOSHI_IDLE_TIMEOUT_S", 60.0),
+                seconds("MYCA_MOSHI_MAX_SESSION_S", 3600.0),
+                number("MYCA_MOSHI_MAX_FRAMES_PER_S", 200),
+            ).check(),
         )
 
 
@@ -139,7 +158,7 @@ class Session:
         if len(opus):
             self.queue.put_nowait(bytes([AUDIO]) + opus)
         text = int(output.tokens[0])
-        if text not in SILENT_TOKENS:
+        if text not in SILENT_TOKENS and self.tokenizer is not None:  # None: random weights (a benchmark)
             piece = self.tokenizer.id_to_piece(text).replace("\u2581", " ")
             self.queue.put_nowait(bytes([TEXT]) + piece.encode())
 
@@ -310,62 +329,89 @@ class VoiceServer:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    import sphn
-
     server: VoiceServer = request.app[STATE]
     m, settings = server.metrics, server.settings
+    # No aiohttp heartbeat (its ping waits forever behind a full buffer): the session's watch pings.
     # timeout: how long a close waits for the client's answer (a busy caller's too).
-    ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024, timeout=2.0)
+    ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024, timeout=2.0, autoping=False)
     await ws.prepare(request)
     if server.engine is None:
         m.sessions.labels("loading").inc()
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"the model is still loading")
+        await close(ws, WSCloseCode.TRY_AGAIN_LATER, "the model is still loading", request.transport)
         return ws
 
     def make(slot: int, generation: int) -> Session:
+        import sphn
+
         queue, writer = asyncio.Queue(settings.send_queue), sphn.OpusStreamWriter(SAMPLE_RATE)
         return Session(slot, generation, queue, writer, server.tokenizer, request.transport, settings.send_buffer_bytes)
 
     session = server.take_slot(make)
     if session is None:
         m.sessions.labels("busy").inc()
-        reason = f"all {server.engine.slots} slots busy"
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+        await close(ws, WSCloseCode.TRY_AGAIN_LATER, f"all {server.engine.slots} slots busy", request.transport)
         return ws
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and settings.send_buffer_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     peer = request.remote or ""
     log.info("session in slot %d from %s", session.slot, peer)
-    reader = sphn.OpusStreamReader(SAMPLE_RATE)
-    sender = asyncio.create_task(send_loop(ws, session.queue))
-    outcome = "ended"
+    seen = Liveness(settings.rules)
+    tasks = {
+        asyncio.create_task(send_loop(ws, session.queue)),
+        asyncio.create_task(receive_loop(ws, server, session, seen)),
+        asyncio.create_task(watch(ws, seen)),
+    }
+    outcome, code, reason = "error", WSCloseCode.GOING_AWAY, "connection lost"
     try:
         await ws.send_bytes(bytes([HANDSHAKE]))
-        async for message in ws:
-            if message.type == WSMsgType.ERROR:
-                outcome = "error"
-                break
-            if message.type != WSMsgType.BINARY or not message.data:
-                continue  # as moshi.server: other messages are ignored
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        ended = done.pop()
+        if not ended.cancelled() and ended.exception() is None and ended.result() is not None:
+            outcome, code, reason = ended.result()
+    except (ConnectionError, aiohttp.ClientError):
+        pass
+    finally:
+        server.release(session)  # the slot is free before any close handshake
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        m.sessions.labels(outcome).inc()
+        log.info(
+            "session in slot %d from %s ended (%s: %s, %d answer frames dropped)",
+            session.slot,
+            peer,
+            outcome,
+            reason,
+            session.dropped,
+        )
+        await end(outcome, code, reason, ws, request.transport)
+    return ws
+
+
+async def receive_loop(ws: web.WebSocketResponse, server: VoiceServer, session: Session, seen: Liveness):
+    """The client's frames: audio to the model; pongs to the watch; the session's end when the client
+    closes, errs or floods.  Other binary kinds are ignored, as moshi.server does (and are not audio)."""
+    import sphn
+
+    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    async for message in ws:
+        if message.type == WSMsgType.PONG:
+            seen.pong()
+        elif message.type == WSMsgType.PING:
+            await ws.pong(message.data)
+        elif message.type == WSMsgType.ERROR:
+            return "error", WSCloseCode.PROTOCOL_ERROR, f"client error: {message.data}"
+        elif message.type == WSMsgType.BINARY and message.data:
+            over = seen.frame(audio=message.data[0] == AUDIO)
+            if over:
+                server.metrics.dropped.labels("in").inc()
+                return over
             if message.data[0] == AUDIO:
                 pcm = reader.append_bytes(message.data[1:])
                 if pcm.shape[-1]:
                     server.push(session, pcm)
-    except (ConnectionError, aiohttp.ClientError):
-        outcome = "error"
-    finally:
-        server.release(session)
-        sender.cancel()
-        m.sessions.labels(outcome).inc()
-        log.info(
-            "session in slot %d from %s ended (%s, %d answer frames dropped)",
-            session.slot,
-            peer,
-            outcome,
-            session.dropped,
-        )
-    return ws
+    return "ended", 1000, "client closed"
 
 
 async def send_loop(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
