@@ -13,9 +13,7 @@ slowed down as sessions got long, shows as a trend down the rows.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -23,33 +21,11 @@ import time
 from pathlib import Path
 
 from myca_ops.lab.callers import rss_mb
-from myca_ops.lab.processes import free_port, process
+from myca_ops.lab.processes import batched_moshi, free_port, process
 from myca_ops.voice.health import check
 from myca_ops.voice.probe import crowd
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def batched_server(weights: Path, slots: int, log: Path):
-    port = free_port()
-    env = dict(
-        os.environ,
-        MYCA_MOSHI_DEVICE="cpu",
-        MYCA_MOSHI_PORT=str(port),
-        MYCA_MOSHI_WEIGHTS_DIR=str(weights),
-        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
-        MYCA_MOSHI_SLOTS=str(slots),
-    )
-    argv = [sys.executable, "-m", "myca_ops.voice.launcher", "serve"]
-    with process(argv, port, log, env) as server:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while not check(url)["up"]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not load in 300 s: {log}")
-            time.sleep(0.5)
-        yield server, url
 
 
 def sample(server_pid: int, bridge_pid: int, url: str, every_s: float, rows: list, stop: threading.Event) -> None:
@@ -92,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         tmp = Path(tmp)
-        with batched_server(args.weights, args.callers, tmp / "server.log") as (server, url):
+        with batched_moshi(args.weights, tmp / "server.log", MYCA_MOSHI_SLOTS=str(args.callers)) as (server, url):
             upstream = url.replace("http", "ws", 1) + "/api/chat"
             settings = {"upstream": upstream, "max_sessions": args.callers, "max_session_s": args.minutes * 60 + 120}
             port = free_port()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from myca_ops.lab.postgres import PostgresCluster, PostgresError
-from myca_ops.lab.processes import free_port
+from myca_ops.lab.processes import free_port, launch_moshi
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,24 +97,6 @@ def lab_weights() -> Path:
     from myca_ops.lab.weights import generate
 
     return generate(ROOT / ".lab" / "weights")
-
-
-def launch_moshi(weights: Path, log: Path, **settings: str) -> tuple[subprocess.Popen, int]:
-    """myca-moshi serving on CPU with `weights` on a free port, its output in `log`; MYCA_MOSHI_* `settings` added."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        MYCA_MOSHI_DEVICE="cpu",
-        MYCA_MOSHI_PORT=str(port),
-        MYCA_MOSHI_WEIGHTS_DIR=str(weights),
-        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
-        **settings,
-    )
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    return server, port
 
 
 @pytest.fixture(scope="session")

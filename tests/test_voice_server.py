@@ -15,7 +15,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import launch_moshi, raw_websocket
+from conftest import raw_websocket
+from myca_ops.lab.processes import batched_moshi
 from myca_ops.voice.probe import SEND_FRAME, chat_session, speech_like
 from myca_ops.voice.protocol import AUDIO, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 
@@ -121,26 +122,14 @@ def test_a_slot_gets_exactly_what_moshi_server_computes_for_the_same_input(check
 def batched(lab_weights, tmp_path_factory):
     """myca-moshi serving the batched server on CPU: 2 slots, greedy, small send buffers. (base URL, log)."""
     log = tmp_path_factory.mktemp("batched") / "server.log"
-    server, port = launch_moshi(
-        lab_weights,
-        log,
-        MYCA_MOSHI_SERVER="batched",
-        MYCA_MOSHI_SLOTS=str(SLOTS),
-        MYCA_MOSHI_GREEDY="1",
-        MYCA_MOSHI_SEND_BUFFER_BYTES="2048",
-        MYCA_MOSHI_WRITE_STALL_S="30",  # the slow reader below reads nothing for 12 s, by design
-    )
-    base = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while health(base)[0] != 200:
-            assert server.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.5)
-        yield base, log
-    finally:
-        server.terminate()
-        server.wait(10)
+    settings = {
+        "MYCA_MOSHI_SLOTS": str(SLOTS),
+        "MYCA_MOSHI_GREEDY": "1",
+        "MYCA_MOSHI_SEND_BUFFER_BYTES": "2048",
+        "MYCA_MOSHI_WRITE_STALL_S": "30",  # the slow reader below reads nothing for 12 s, by design
+    }
+    with batched_moshi(lab_weights, log, **settings) as (_, url):
+        yield url.removeprefix("http://"), log
 
 
 def health(base: str) -> tuple[int, dict]:
@@ -405,27 +394,15 @@ STALL_S, IDLE_S, SESSION_S, FRAMES_PER_S = 1.5, 2.0, 8.0, 100
 def strict(lab_weights, tmp_path_factory):
     """The batched server with one slot and short session rules: (base URL, log)."""
     log = tmp_path_factory.mktemp("strict") / "server.log"
-    server, port = launch_moshi(
-        lab_weights,
-        log,
-        MYCA_MOSHI_SERVER="batched",
-        MYCA_MOSHI_SLOTS="1",
-        MYCA_MOSHI_WRITE_STALL_S=str(STALL_S),
-        MYCA_MOSHI_IDLE_TIMEOUT_S=str(IDLE_S),
-        MYCA_MOSHI_MAX_SESSION_S=str(SESSION_S),
-        MYCA_MOSHI_MAX_FRAMES_PER_S=str(FRAMES_PER_S),
-    )
-    base = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while health(base)[0] != 200:
-            assert server.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.5)
-        yield base, log
-    finally:
-        server.terminate()
-        server.wait(10)
+    settings = {
+        "MYCA_MOSHI_SLOTS": "1",
+        "MYCA_MOSHI_WRITE_STALL_S": str(STALL_S),
+        "MYCA_MOSHI_IDLE_TIMEOUT_S": str(IDLE_S),
+        "MYCA_MOSHI_MAX_SESSION_S": str(SESSION_S),
+        "MYCA_MOSHI_MAX_FRAMES_PER_S": str(FRAMES_PER_S),
+    }
+    with batched_moshi(lab_weights, log, **settings) as (_, url):
+        yield url.removeprefix("http://"), log
 
 
 def slot_free_within(base: str, seconds: float) -> float | None:
@@ -445,6 +422,24 @@ async def handshake_within(base: str, seconds: float = 1.0) -> bool:
     async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
         first = await ws.receive(timeout=seconds)
         return first.type == aiohttp.WSMsgType.BINARY and first.data == bytes([HANDSHAKE])
+
+
+async def until_closed(base: str, send, within_s: float):
+    """A caller that reads everything (answering pings) while `send(ws)` runs: the close it gets
+    and the seconds from its handshake to it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
+        assert (await ws.receive(timeout=5)).data == bytes([HANDSHAKE])
+        t0 = time.monotonic()
+        sender = asyncio.create_task(send(ws))
+        try:
+            while True:
+                msg = await ws.receive(timeout=within_s)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    return msg, time.monotonic() - t0
+        finally:
+            sender.cancel()
 
 
 def test_the_server_aborts_a_client_that_reads_nothing_while_it_keeps_its_socket(strict):
@@ -474,30 +469,14 @@ def test_the_server_aborts_a_client_that_reads_nothing_while_it_keeps_its_socket
 
 def test_junk_frames_do_not_keep_a_slot(strict):
     """A client that reads (and answers pings) but sends only frames of an unknown kind: idle, 4408."""
-    import aiohttp
-
     base, _ = strict
 
-    async def scenario():
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
-            assert (await ws.receive(timeout=5)).data == bytes([HANDSHAKE])
-            t0 = time.monotonic()
+    async def junk(ws):
+        while True:
+            await ws.send_bytes(b"\x09")
+            await asyncio.sleep(0.2)
 
-            async def junk():
-                while True:
-                    await ws.send_bytes(b"\x09")
-                    await asyncio.sleep(0.2)
-
-            sender = asyncio.create_task(junk())
-            try:
-                while True:
-                    msg = await ws.receive(timeout=IDLE_S + 5)
-                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                        return msg, time.monotonic() - t0
-            finally:
-                sender.cancel()
-
-    msg, after = asyncio.run(scenario())
+    msg, after = asyncio.run(until_closed(base, junk, IDLE_S + 5))
     assert (msg.data, msg.extra) == (4408, f"idle: no audio from the client for {IDLE_S:g} s")
     assert IDLE_S <= after < IDLE_S + 2.0
     assert slot_free_within(base, 1.0) is not None
@@ -519,30 +498,14 @@ def test_a_flood_is_cut_and_the_slot_freed_while_the_flooder_keeps_its_socket(st
 
 def test_a_session_ends_at_the_limit_with_the_reason(strict):
     """A well-behaved caller talking without a pause is closed at max_session_s, with 4410."""
-    import aiohttp
-
     base, _ = strict
     talk = pages(speech_like(SESSION_S + 6, seed=6))
 
-    async def scenario():
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat") as ws:
-            assert (await ws.receive(timeout=5)).data == bytes([HANDSHAKE])
-            t0 = time.monotonic()
+    async def speak(ws):
+        for page in talk:
+            await ws.send_bytes(page)
+            await asyncio.sleep(SEND_FRAME / SAMPLE_RATE)
 
-            async def speak():
-                for page in talk:
-                    await ws.send_bytes(page)
-                    await asyncio.sleep(SEND_FRAME / SAMPLE_RATE)
-
-            speaker = asyncio.create_task(speak())
-            try:
-                while True:
-                    msg = await ws.receive(timeout=SESSION_S + 5)
-                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                        return msg, time.monotonic() - t0
-            finally:
-                speaker.cancel()
-
-    msg, after = asyncio.run(scenario())
+    msg, after = asyncio.run(until_closed(base, speak, SESSION_S + 5))
     assert (msg.data, msg.extra) == (4410, f"session limit: {SESSION_S:g} s")
     assert SESSION_S <= after < SESSION_S + 3.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -39,6 +40,44 @@ def process(argv: list[str], port: int, log: Path, env: dict | None = None):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def launch_moshi(weights: Path, log: Path, **settings: str) -> tuple[subprocess.Popen, int]:
+    """myca-moshi serving on CPU with `weights` on a free port, its output in `log`; MYCA_MOSHI_* `settings` added."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        MYCA_MOSHI_DEVICE="cpu",
+        MYCA_MOSHI_PORT=str(port),
+        MYCA_MOSHI_WEIGHTS_DIR=str(weights),
+        MYCA_MOSHI_RECOMMENDED_MODE="cpu",
+        **settings,
+    )
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "myca_ops.voice.launcher", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return server, port
+
+
+@contextlib.contextmanager
+def batched_moshi(weights: Path, log: Path, timeout: float = 300, **settings: str):
+    """The batched server (launch_moshi) once its /healthz says the model is loaded: yield
+    (process, base URL http://127.0.0.1:PORT); stopped after."""
+    from myca_ops.voice.health import check
+
+    server, port = launch_moshi(weights, log, MYCA_MOSHI_SERVER="batched", **settings)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not check(url)["up"]:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the batched server did not load: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield server, url
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @contextlib.contextmanager
