@@ -496,6 +496,19 @@ def test_a_flood_is_cut_and_the_slot_freed_while_the_flooder_keeps_its_socket(st
     assert f"flood: over {FRAMES_PER_S} frames in a second" in log.read_text()
 
 
+def test_audio_that_is_not_ogg_opus_ends_the_session_with_the_cause(strict):
+    """Kind 1 with bytes no Opus reader can take: 1007 naming the cause, the slot free at once."""
+    base, _ = strict
+
+    async def garbage(ws):
+        await ws.send_bytes(bytes([AUDIO]) + b"garbage" * 20)
+        await asyncio.sleep(60)
+
+    msg, after = asyncio.run(until_closed(base, garbage, 5))
+    assert msg.data == 1007 and msg.extra.startswith("audio is not Ogg/Opus: unexpected ogg capture pattern"), msg
+    assert after < 2.0 and slot_free_within(base, 1.0) is not None
+
+
 def test_a_session_ends_at_the_limit_with_the_reason(strict):
     """A well-behaved caller talking without a pause is closed at max_session_s, with 4410."""
     base, _ = strict

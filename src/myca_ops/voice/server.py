@@ -367,7 +367,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
         await ws.send_bytes(bytes([HANDSHAKE]))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         ended = done.pop()
-        if not ended.cancelled() and ended.exception() is None and ended.result() is not None:
+        failure = None if ended.cancelled() else ended.exception()
+        if failure is not None:  # a bug, said in the log and the close, not a silent "connection lost"
+            log.error("session in slot %d failed", session.slot, exc_info=failure)
+            outcome, code, reason = "error", WSCloseCode.INTERNAL_ERROR, f"server error: {type(failure).__name__}"
+        elif not ended.cancelled() and ended.result() is not None:
             outcome, code, reason = ended.result()
     except (ConnectionError, aiohttp.ClientError):
         pass
@@ -408,7 +412,10 @@ async def receive_loop(ws: web.WebSocketResponse, server: VoiceServer, session: 
                 server.metrics.dropped.labels("in").inc()
                 return over
             if message.data[0] == AUDIO:
-                pcm = reader.append_bytes(message.data[1:])
+                try:
+                    pcm = reader.append_bytes(message.data[1:])
+                except ValueError as exc:  # not Ogg/Opus: the stream cannot be read past it
+                    return "bad_audio", WSCloseCode.INVALID_TEXT, f"audio is not Ogg/Opus: {exc}"
                 if pcm.shape[-1]:
                     server.push(session, pcm)
     return "ended", 1000, "client closed"
