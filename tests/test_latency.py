@@ -194,3 +194,11 @@ def test_voice_probe_module_rejects_bad_arguments(run_module):
 def test_voice_probe_module_names_an_unreachable_server(run_module):
     result = run_module("moshi_voice_probe", {"python": sys.executable, "url": "ws://127.0.0.1:9/api/chat"})
     assert result["failed"] and "cannot talk to ws://127.0.0.1:9/api/chat" in result["msg"]
+
+
+def test_step_latency_module_names_a_bad_slot_count(run_module, lab_weights, tmp_path):
+    """The measuring child's own error reaches the operator, not "exit 2, no result"."""
+    env = tmp_path / "moshi.env"
+    env.write_text(f"MYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_WEIGHTS_DIR={lab_weights}\nMYCA_MOSHI_SLOTS=two\n")
+    result = run_module("moshi_step_latency", {"python": sys.executable, "env_file": str(env), "frames": 1})
+    assert result["failed"] and "MYCA_MOSHI_SLOTS must be a whole number, got 'two'" in result["msg"]

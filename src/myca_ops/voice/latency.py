@@ -158,11 +158,11 @@ def configured_slots(env: dict[str, str], loaded: model.Loaded) -> tuple[int, st
     """The slot count the service runs with, and where it comes from."""
     if env.get("MYCA_MOSHI_SERVER", "batched") == "upstream":
         return 1, "moshi.server serves one conversation"
-    raw = env.get("MYCA_MOSHI_SLOTS") or "0"
-    if not raw.isdigit():
-        raise ValueError(f"MYCA_MOSHI_SLOTS must be a whole number, got {raw!r}")
-    if int(raw):
-        return int(raw), "moshi_slots"
+    from myca_ops.voice.server import Settings  # the server's own parser of its variables
+
+    configured = Settings.from_env(env, "unknown").slots
+    if configured:
+        return configured, "moshi_slots"
     if not loaded.device.startswith("cuda"):
         return 1, "moshi_slots 0 on CPU"
     from myca_ops.voice import health
@@ -239,10 +239,14 @@ def run_mode(
         return {"mode": mode, "error": f"timed out after {timeout:.0f}s"}
     sys.stderr.write(out.stderr)
     lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
+    try:
+        result = json.loads(lines[-1]) if lines else None  # the child's result, or its own error
+    except ValueError:
+        result = None
+    if result is None or (out.returncode != 0 and "error" not in result):
         said = out.stderr.strip().splitlines() or [f"exit {out.returncode}, no result"]
         return {"mode": mode, "error": said[-1]}
-    return json.loads(lines[-1])
+    return {"mode": mode, **result} if "error" in result else result
 
 
 def from_service_log(env: dict[str, str], unit: str, since: str) -> dict:
@@ -261,7 +265,7 @@ def from_service_log(env: dict[str, str], unit: str, since: str) -> dict:
     row["realtime"] = p99 is not None and p99 <= FRAME_BUDGET_MS
     row["realtime_factor"] = None if p99 is None else round(p99 / FRAME_BUDGET_MS, 3)
     if frames:
-        realtime, cause = verdict(int(row["realtime"]), [row, row], decision, model.device(env), None)
+        realtime, cause = verdict(int(row["realtime"]), [row], decision, model.device(env), None)
     else:
         realtime, cause = False, f"no 'frame handled' lines in the journal of {unit} since {since}: no session ran"
     return {
