@@ -246,6 +246,23 @@ callers:
     handshake_ms: 21.0
     first_audio_ms: 230.0
     underruns: 0
+own_lag_ms:
+  description: How late the probe's own sends ran against its clock (count, p50, p95, p99, max). Over 20 ms at
+    p99 the probe fell behind on its own machine, and its verdict says so instead of judging the server (a load
+    test's caller is then C(caller lagged)).
+  returned: a single probe
+  type: dict
+  sample:
+    count: 200
+    p50: 0.1
+    p95: 0.4
+    p99: 1.2
+    max: 2.5
+timing_only:
+  description: Whether the probe counted what it heard from the Ogg pages instead of decoding it (false here).
+  returned: a single probe
+  type: bool
+  sample: false
 summary:
   description: Callers per outcome.
   returned: a load test
@@ -255,6 +272,13 @@ summary:
     late: 1
     cut off: 0
     refused: 0
+    caller lagged: 0
+server_health:
+  description: When callers lagged on the control node, the server's own health (its tick figures), which the
+    cause then quotes; null otherwise.
+  returned: a load test
+  type: dict
+  sample: null
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -22,6 +22,7 @@ def test_an_unknown_server_is_refused_before_anything_loads(capsys, monkeypatch)
         ({"MYCA_MOSHI_SLOTS": "two"}, "MYCA_MOSHI_SLOTS must be a whole number, got 'two'"),
         ({"MYCA_MOSHI_SLOTS": "-1"}, "MYCA_MOSHI_SLOTS must be 0 or more, got -1"),
         ({"MYCA_MOSHI_PORT": "8998.5"}, "MYCA_MOSHI_PORT must be a whole number"),
+        ({"MYCA_MOSHI_CODEC_WORKERS": "auto"}, "MYCA_MOSHI_CODEC_WORKERS must be a whole number, got 'auto'"),
     ],
 )
 def test_batched_server_settings_name_the_bad_variable(env, message):
@@ -30,6 +31,20 @@ def test_batched_server_settings_name_the_bad_variable(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env, "cpu")
     assert Settings.from_env({"MYCA_MOSHI_SLOTS": "3"}, "graphs").slots == 3
+
+
+def test_the_opus_work_leaves_the_event_loop_on_a_gpu_host_and_stays_on_it_on_cpu(monkeypatch):
+    from myca_ops.voice.server import Settings
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cuda"}, "graphs").codec_workers == 4
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_CODEC_WORKERS": ""}, "graphs").codec_workers == 4
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cpu"}, "cpu").codec_workers == 0
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_CODEC_WORKERS": "2"}, "cpu").codec_workers == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cuda"}, "graphs").codec_workers == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cuda"}, "graphs").codec_workers == 8
 
 
 def test_a_failing_model_loop_ends_the_batched_server_with_the_cause():

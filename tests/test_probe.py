@@ -81,3 +81,51 @@ def test_speech_like_audio_is_24k_with_pauses():
     audio = probe.speech_like(2.0)
     assert audio.shape == (48000,) and audio.dtype.name == "float32"
     assert 0.05 < abs(audio).max() <= 1.0
+
+
+def test_a_caller_behind_its_own_clock_is_not_a_verdict_on_the_server():
+    ok, cause = probe.verdict(base_result(own_lag_ms={"p99": 45.0, "max": 60.0}))
+    assert not ok and cause.startswith("the caller lagged: its own sends ran up to 60 ms late (p99 45 ms"), cause
+    assert probe.lagged(base_result(own_lag_ms={"p99": 45.0, "max": 60.0}))
+    assert not probe.lagged(base_result(own_lag_ms={"p99": 3.0, "max": 25.0}))
+    assert probe.verdict(base_result(own_lag_ms={"p99": 3.0, "max": 25.0}))[0] is True
+
+
+@pytest.mark.lab  # sphn, from the lab's wheelhouse
+def test_counting_granules_hears_as_much_audio_as_decoding_at_the_same_moments():
+    import sphn
+
+    writer, reader, clock = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000), probe.GranuleClock()
+    audio = probe.speech_like(2.0)
+    decoded, counted = [], []
+    for i in range(0, len(audio), 1920):  # the server's answers: one 80 ms frame a message
+        message = bytes(writer.append_pcm(audio[i : i + 1920]))
+        decoded.append(int(reader.append_bytes(message).shape[-1]))
+        counted.append(clock.samples(message))
+    assert sum(counted) == len(audio) == 48000
+    assert counted == decoded  # message by message: the moments a listener's audio arrives are the same
+    assert clock.samples(b"") == 0 and clock.samples(b"not ogg") == 0
+
+
+def test_a_load_test_with_lagging_callers_judges_by_the_servers_own_ticks():
+    callers = [
+        base_result(handshake_ms=5.0, own_lag_ms={"p99": 2.0, "max": 4.0}),
+        base_result(handshake_ms=5.0, own_lag_ms={"p99": 70.0, "max": 90.0}, underruns=3, gap_ms={"max": 300.0}),
+        {"error": "ws://x refused the session: close 1013 'all 2 slots busy'"},
+    ]
+    asked = []
+
+    def health(url):
+        asked.append(url)
+        return {"status": "ready", "tick_ms": {"p99": 31.5, "count": 740}, "budget_ms": 80.0}
+
+    load = probe.summarise("ws://gpu:8998/api/chat", callers, health)
+    assert [c["outcome"] for c in load["callers"]] == ["real-time", "caller lagged", "refused"]
+    assert load["cause"] == (
+        "1 real-time, 0 late, 0 cut off, 1 refused, 1 caller lagged of 3 callers; 1 caller(s) lagged on this "
+        "machine, so the server's own figures: tick p99 31.5 ms over its last 740 ticks (budget 80.0 ms)"
+    )
+    assert asked == ["ws://gpu:8998/api/chat"] and load["realtime"] is False
+    # Nobody lagged: no health read, no lag in the summary.
+    load = probe.summarise("ws://gpu:8998/api/chat", callers[:1], health)
+    assert load["cause"] == "1 real-time, 0 late, 0 cut off, 0 refused of 1 callers" and asked == [asked[0]]

@@ -234,3 +234,21 @@ def test_a_monitoring_host_of_its_own_lets_only_the_mas_reach_prometheus(tmp_pat
     assert "tcp dport 9100 ip saddr { 10.0.1.5 } accept" in mon
     loopback = render_for(tmp_path, POOL_WITH_MONITORING, "mon", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
     assert "9090" not in loopback  # on loopback only: no rule needed
+
+
+@pytest.mark.parametrize(
+    ("workers", "line"), [("auto", "MYCA_MOSHI_CODEC_WORKERS=\n"), (3, "MYCA_MOSHI_CODEC_WORKERS=3\n")]
+)
+def test_the_opus_workers_reach_the_server_auto_as_its_own_choice(tmp_path, workers, line):
+    facts = {
+        "gpu_facts": {
+            "recommended_moshi_mode": "cpu",
+            "recommended_moshi_mode_reason": "no CUDA device",
+            "recommended_moshi_mode_limit": "no_cuda",
+            "triton_libcuda_path": None,
+        },
+        "moshi_device_resolved": "cpu",
+        "moshi_codec_workers": workers,
+    }
+    env = render_for(tmp_path, POOL_WITH_MONITORING, "gpu-a", "moshi", ["moshi.env.j2"], facts)["moshi.env.j2"]
+    assert line in env

@@ -120,13 +120,15 @@ def test_a_slot_gets_exactly_what_moshi_server_computes_for_the_same_input(check
 # --- The server over websockets ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def batched(lab_weights, tmp_path_factory):
-    """myca-moshi serving the batched server on CPU: 2 slots, greedy, small send buffers. (base URL, log)."""
+    """myca-moshi serving the batched server on CPU: 2 slots, greedy, small send buffers, the Opus
+    work in a worker process (the strict server below does it on its event loop). (base URL, log)."""
     log = tmp_path_factory.mktemp("batched") / "server.log"
     settings = {
         "MYCA_MOSHI_SLOTS": str(SLOTS),
         "MYCA_MOSHI_GREEDY": "1",
         "MYCA_MOSHI_SEND_BUFFER_BYTES": "2048",
         "MYCA_MOSHI_WRITE_STALL_S": "30",  # the slow reader below reads nothing for 12 s, by design
+        "MYCA_MOSHI_CODEC_WORKERS": "1",
     }
     with batched_moshi(lab_weights, log, **settings) as (_, url):
         yield url.removeprefix("http://"), log
@@ -496,9 +498,10 @@ def test_a_flood_is_cut_and_the_slot_freed_while_the_flooder_keeps_its_socket(st
     assert f"flood: over {FRAMES_PER_S} frames in a second" in log.read_text()
 
 
-def test_audio_that_is_not_ogg_opus_ends_the_session_with_the_cause(strict):
+@pytest.mark.parametrize("server", ["strict", "batched"], ids=["opus-on-the-loop", "opus-in-a-worker"])
+def test_audio_that_is_not_ogg_opus_ends_the_session_with_the_cause(server, request):
     """Kind 1 with bytes no Opus reader can take: 1007 naming the cause, the slot free at once."""
-    base, _ = strict
+    base, _ = request.getfixturevalue(server)
 
     async def garbage(ws):
         await ws.send_bytes(bytes([AUDIO]) + b"garbage" * 20)
@@ -522,3 +525,18 @@ def test_a_session_ends_at_the_limit_with_the_reason(strict):
     msg, after = asyncio.run(until_closed(base, speak, SESSION_S + 5))
     assert (msg.data, msg.extra) == (4410, f"session limit: {SESSION_S:g} s")
     assert SESSION_S <= after < SESSION_S + 3.0
+
+
+def test_a_dead_opus_worker_ends_the_server_with_the_cause(lab_weights, tmp_path):
+    """Its sessions could never be answered again: the process ends (systemd restarts it), the log says why."""
+    import signal
+    from pathlib import Path
+
+    log = tmp_path / "server.log"
+    with batched_moshi(lab_weights, log, MYCA_MOSHI_SLOTS="1", MYCA_MOSHI_CODEC_WORKERS="1") as (server, _):
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 1, children
+        os.kill(int(workers[0]), signal.SIGKILL)
+        assert server.wait(10) == 2
+    assert "Opus worker 0 died" in log.read_text()

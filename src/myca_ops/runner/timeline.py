@@ -15,7 +15,7 @@ from pathlib import Path
 from myca_ops.voice.probe import OUTCOMES
 from myca_ops.voice.protocol import FRAME_BUDGET_MS
 
-COLOURS = dict(zip(OUTCOMES, ("#2e7d32", "#f9a825", "#c62828", "#757575"), strict=True))
+COLOURS = dict(zip(OUTCOMES, ("#2e7d32", "#f9a825", "#c62828", "#757575", "#1565c0"), strict=True))
 
 
 def bars(caller: dict) -> dict:

@@ -178,6 +178,7 @@ def measure(
     env: dict[str, str], mode: str, ticks: int, warmup: int, random_size: str | None, slots: int | None
 ) -> dict:
     """The capacity report for `mode` in this process (moshi's switches are already set for it)."""
+    model.set_cpu_threads(env)  # as the service does, before torch loads
     import torch
 
     decision = model.decide_from_env(env)

@@ -68,11 +68,7 @@ def serve(env: dict[str, str]) -> None:
     if decision.warning:
         print(f"myca-moshi: WARNING: {decision.warning}", flush=True)
 
-    threads = int(env.get("MYCA_MOSHI_CPU_THREADS") or 0)
-    if threads > 0:  # several services on a CPU host's cores: torch's spinning threads slow each other down
-        import torch
-
-        torch.set_num_threads(threads)
+    model.set_cpu_threads(env)
     if server == "batched":
         from myca_ops.voice import server as batched
 

@@ -245,11 +245,30 @@ def decide_from_env(env: dict[str, str]) -> Decision:
     )
 
 
+CPU_SPINCOUNT = "1000"
+
+
 def set_switches(decision: Decision) -> None:
     """moshi's switches for `decision`, in this process, before moshi is imported (it reads them then)."""
     for name in ("NO_TORCH_COMPILE", "NO_CUDA_GRAPH"):
         os.environ.pop(name, None)
     os.environ.update(decision.env)
+
+
+def set_cpu_threads(env: dict[str, str]) -> None:
+    """torch's CPU threads as the service runs them, in this process, before torch is imported.
+
+    On a CPU device, torch's idle OpenMP threads spin 300,000 rounds between a tick's parallel
+    regions by default (libgomp reads GOMP_SPINCOUNT once, when it loads); 1,000 saves a quarter
+    of the server's CPU at the same tick p99, while 0 (passive) makes ticks 28 % slower
+    (docs/PERFORMANCE.md, "CPU per caller").  ``MYCA_MOSHI_CPU_THREADS``: the thread count."""
+    if not device(env).startswith("cuda") and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = CPU_SPINCOUNT
+    threads = int(env.get("MYCA_MOSHI_CPU_THREADS") or 0)
+    if threads > 0:  # several services on a CPU host's cores: torch's spinning threads slow each other down
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # --- Weights ------------------------------------------------------------------------------------

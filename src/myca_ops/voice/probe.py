@@ -8,8 +8,13 @@ that must fill before playing and stalls when it runs dry.
     python -m myca_ops.voice.probe --url ws://127.0.0.1:8998/api/chat --seconds 10
     python -m myca_ops.voice.probe --url ws://127.0.0.1:8999/api/chat --callers 8   # a load test
 
-With ``--callers N`` it is a load test: N such callers, each starting ``--stagger`` seconds
-after the one before, and a summary: served in real time, served late, cut off, refused.
+With ``--callers N`` it is a load test: N such callers, each in a process of its own, starting
+``--stagger`` seconds after the one before, and a summary: served in real time, served late, cut
+off, refused, or "caller lagged": the caller itself fell behind its own clock (its sends ran over
+``OWN_LAG_LIMIT_MS`` late at p99), so what it heard says nothing of the server, and the summary
+gives the server's own tick figures instead.  ``--timing-only`` callers count what they hear from
+the Ogg pages' granule positions instead of decoding it (a load test's callers then cost a tenth
+of the CPU; the audio itself is not checked).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +38,8 @@ PLAYBACK_BUFFER = 1920  # samples at 48 kHz the web client buffers before playin
 REALTIME_MIN_RATIO = 0.95  # audio received / wall time, once audio flows
 LEAD_S = 0.24  # audio the server never answers: its first input frame and the LM's 2-step delay
 MAX_FIRST_AUDIO_MS = 1000  # Kyutai: 160 ms in theory, about 200 ms in practice
-OUTCOMES = ("real-time", "late", "cut off", "refused")
+OWN_LAG_LIMIT_MS = 20.0  # a caller whose sends run a page late is measuring itself, not the server
+OUTCOMES = ("real-time", "late", "cut off", "refused", "caller lagged")
 
 
 def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
@@ -49,6 +56,24 @@ def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
     pauses = np.repeat(rng.random(int(seconds * 2) + 1) > 0.2, rate // 2)[:n]
     audio = 0.3 * voice * syllables * pauses + 0.003 * rng.standard_normal(n)
     return audio.astype(np.float32)
+
+
+class GranuleClock:
+    """Samples (at 24 kHz) that Ogg/Opus bytes carry, from their pages' granule positions (48 kHz,
+    cumulative), without decoding them."""
+
+    def __init__(self) -> None:
+        self.granule = 0
+
+    def samples(self, data: bytes) -> int:
+        before, at = self.granule, 0
+        while at + 27 <= len(data) and data[at : at + 4] == b"OggS":
+            granule = struct.unpack_from("<q", data, at + 6)[0]
+            segments = data[at + 27 : at + 27 + data[at + 26]]
+            if granule >= 0:  # -1: no packet ends on this page
+                self.granule = max(self.granule, granule)
+            at += 27 + len(segments) + sum(segments)
+        return (self.granule - before) * SAMPLE_RATE // 48000
 
 
 class Refused(ConnectionError):
@@ -92,9 +117,20 @@ def underrun_times(
     return underruns
 
 
+def lagged(result: dict) -> bool:
+    """The caller fell behind its own clock: its figures are its own, not the server's."""
+    return ((result.get("own_lag_ms") or {}).get("p99") or 0.0) > OWN_LAG_LIMIT_MS
+
+
 def verdict(result: dict) -> tuple[bool, str]:
     if result.get("error"):
         return False, result["error"]
+    if lagged(result):
+        lag = result["own_lag_ms"]
+        return False, (
+            f"the caller lagged: its own sends ran up to {lag['max']:.0f} ms late (p99 {lag['p99']:.0f} ms, "
+            f"limit {OWN_LAG_LIMIT_MS:.0f}), so what it heard measures this machine, not the server"
+        )
     if result.get("close_code") is not None:
         return False, (
             f"the server ended the session: close {result['close_code']} {result['close_reason']!r} "
@@ -158,6 +194,7 @@ async def probe(
     connect_timeout: float = 30,
     drain_s: float = 1.0,
     token: str | None = None,
+    timing_only: bool = False,
 ) -> dict:
     import aiohttp
     import sphn
@@ -168,7 +205,7 @@ async def probe(
         async with chat_session(url, connect_timeout, cafile, verify_tls, token) as ws:
             result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
-                result.update(await _stream(ws, sphn, seconds, drain_s))
+                result.update(await _stream(ws, sphn, seconds, drain_s, timing_only))
     except Refused as exc:
         waited = round((time.perf_counter() - start) * 1000, 1)  # a queue's time included
         result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason, waited_ms=waited)
@@ -183,6 +220,7 @@ def _crowd_caller(ready, results, i: int, url: str, seconds: float, stagger_s: f
     is ready (imports done), so the callers keep their order however slowly processes start."""
     try:
         import aiohttp  # noqa: F401  (imported before the start line, not on the caller's clock)
+        import numpy  # noqa: F401
         import sphn  # noqa: F401
 
         ready.wait(timeout=120)
@@ -253,24 +291,46 @@ def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwar
     for i in range(callers):  # a caller process that died or hung (killed above)
         collected.setdefault(i, {"url": url, "caller": i, "error": f"caller {i} gave no result"})
     on_one_clock(collected.values())
-    for result in collected.values():
+    return summarise(url, [collected[i] for i in range(callers)])
+
+
+def summarise(url: str, results: list[dict], health=None) -> dict:
+    """A load test's outcome per caller and in all.  When some callers lagged on their own machine,
+    the cause gives the server's own tick figures (`health`: :func:`myca_ops.voice.health.check`)."""
+    for result in results:
         if "handshake_ms" not in result:
             result.update(outcome="refused", realtime=False, cause=result["error"])
             continue
         result["realtime"], result["cause"] = verdict(result)
         if result.get("close_code") is not None:
             result["outcome"] = "cut off"
+        elif lagged(result):
+            result["outcome"] = "caller lagged"
         else:
             result["outcome"] = "real-time" if result["realtime"] else "late"
-    results_list = [collected[i] for i in range(callers)]
-    counts = {o: sum(r["outcome"] == o for r in results_list) for o in OUTCOMES}
+    counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
+    cause = (
+        ", ".join(f"{n} {o}" for o, n in counts.items() if n or o != "caller lagged") + f" of {len(results)} callers"
+    )
+    server = None
+    if counts["caller lagged"]:  # the server's own figures, since some callers' are not
+        if health is None:
+            from myca_ops.voice.health import check as health
+        server = health(url)
+        ticks = server.get("tick_ms") or {}
+        cause += f"; {counts['caller lagged']} caller(s) lagged on this machine, so the server's own figures: " + (
+            f"tick p99 {ticks['p99']} ms over its last {ticks['count']} ticks (budget {server.get('budget_ms')} ms)"
+            if ticks.get("p99") is not None
+            else f"none ({server['status']}: {server.get('error') or 'no tick figures'})"
+        )
     return {
         "url": url,
-        "callers": results_list,
+        "callers": results,
         "summary": counts,
         "error": None,
-        "realtime": counts["real-time"] == callers,
-        "cause": ", ".join(f"{n} {o}" for o, n in counts.items()) + f" of {callers} callers",
+        "realtime": counts["real-time"] == len(results),
+        "cause": cause,
+        "server_health": server,
     }
 
 
@@ -296,7 +356,7 @@ def wait_for_handshake(
         time.sleep(1)
 
 
-async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
+async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = False) -> dict:
     # Encode before the clock starts: streaming then only sends bytes on time, so the
     # probe's own CPU cost stays far below the server's.
     audio = speech_like(seconds)
@@ -306,7 +366,16 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME)
     ]
     pages = [(t, bytes([AUDIO]) + page) for t, page in pages if page]
-    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    if timing_only:
+        clock = GranuleClock()
+        received = clock.samples
+    else:
+        reader = sphn.OpusStreamReader(SAMPLE_RATE)
+
+        def received(payload: bytes) -> int:
+            return int(reader.append_bytes(payload).shape[-1])
+
+    lateness: list[float] = []  # ms each page was sent after its moment: this caller's own lag
     arrivals: list[tuple[float, int]] = []  # (seconds since first send, samples at 24 kHz)
     texts: list[str] = []
     other_kinds: dict[int, int] = {}
@@ -328,7 +397,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
             now = time.perf_counter() - t0
             kind, payload = msg.data[0], msg.data[1:]
             if kind == AUDIO:
-                arrivals.append((now, int(reader.append_bytes(payload).shape[-1])))
+                arrivals.append((now, received(payload)))
             elif kind == TEXT:
                 texts.append(payload.decode("utf-8", errors="replace"))
             else:
@@ -341,6 +410,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         delay = t0 + offset - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        lateness.append(max(0.0, -(t0 + offset - time.perf_counter()) * 1000))
         if closed:  # the server is gone: nothing more to send
             break
         try:
@@ -385,6 +455,8 @@ async def _stream(ws, sphn, seconds: float, drain_s: float) -> dict:
         "text": "".join(texts)[:200],
         "other_kinds": other_kinds,
         "probe_cpu_ms": round(cpu_s * 1000, 1),  # this process, while streaming (sending, receiving, decoding)
+        "own_lag_ms": summary(lateness, 1),
+        "timing_only": timing_only,
         "clock": {"stream": stream_at},  # the system's monotonic clock, shared by a load test's processes
     }
 
@@ -406,12 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile")
     parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     parser.add_argument("--handshake-only", action="store_true")
-    parser.add_argument("--callers", type=int, default=1, help="a load test: this many callers at once")
+    parser.add_argument("--callers", type=int, help="a load test: this many callers at once (1 included)")
     parser.add_argument("--stagger", type=float, default=0.5, help="seconds between the callers' starts")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="count what comes back from Ogg granules, do not decode it"
+    )
     args = parser.parse_args(argv)
     token = os.environ.get("MYCA_PROBE_TOKEN") or None  # from the environment: argv is visible to every user
-    if args.callers > 1:
-        tls = {"cafile": args.cafile, "verify_tls": not args.insecure, "token": token}
+    if args.callers is not None:
+        tls = {"cafile": args.cafile, "verify_tls": not args.insecure, "token": token, "timing_only": args.timing_only}
         result = crowd(args.url, args.callers, args.seconds, args.stagger, **tls)
         print(json.dumps(result, indent=2))
         return 0
@@ -422,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         verify_tls=not args.insecure,
         handshake_only=args.handshake_only,
         token=token,
+        timing_only=args.timing_only,
     )
     print(json.dumps(result, indent=2))
     return 1 if result["error"] else 0

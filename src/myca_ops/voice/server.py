@@ -7,7 +7,9 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
 - ``MYCA_MOSHI_SLOTS`` conversations at once (0: as many as the GPU's free memory holds, by
   the per-slot memory measured at start; 1 on CPU).  One model thread steps every slot that
   has a new 80 ms frame together (:class:`~myca_ops.voice.engine.SlotEngine`); the event
-  loop only reads, decodes and encodes Opus, and sends.
+  loop reads and sends; each session's Opus decoding and encoding runs in
+  ``MYCA_MOSHI_CODEC_WORKERS`` processes (:mod:`myca_ops.voice.codec`; unset: a quarter of the
+  cores, at most 8, on a GPU host; 0, on the event loop, on CPU where the model needs the cores).
 - A caller who finds every slot taken is closed at once with 1013 "all N slots busy".
 - A client that does not read loses audio, not the others' time: its outgoing queue is
   bounded, and what does not fit is dropped and counted.
@@ -38,8 +40,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from myca_ops.sessions import Liveness, Rules, close, end, watch
 from myca_ops.voice import model
+from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import SlotEngine
-from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
+from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, TEXT
 from myca_ops.voice.stats import percentile
 
 log = logging.getLogger("myca_ops.voice.server")
@@ -62,6 +65,7 @@ class Settings:
     ssl_dir: str = ""
     mode: str = "unknown"  # as the launcher decided it, for /healthz
     device: str = "cuda"
+    codec_workers: int = 0  # processes for the sessions' Opus work; 0: on the event loop
     rules: Rules = Rules()  # write stall, idle, session limit, frame budget: as the bridge's
 
     @classmethod
@@ -83,6 +87,8 @@ class Settings:
                 raise ValueError(f"{name} must be 0 or more, got {value}")
             return value
 
+        where = model.device(env)
+        auto_workers = min(8, max(1, (os.cpu_count() or 1) // 4)) if where.startswith("cuda") else 0
         return cls(
             host=env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
             port=number("MYCA_MOSHI_PORT", 8998),
@@ -91,7 +97,8 @@ class Settings:
             send_buffer_bytes=number("MYCA_MOSHI_SEND_BUFFER_BYTES", 16384),
             ssl_dir=env.get("MYCA_MOSHI_SSL_DIR", ""),
             mode=mode,
-            device=model.device(env),
+            device=where,
+            codec_workers=number("MYCA_MOSHI_CODEC_WORKERS", auto_workers),
             rules=Rules(
                 seconds("MYCA_MOSHI_WRITE_STALL_S", 10.0),
                 seconds("MYCA_MOSHI_IDLE_TIMEOUT_S", 60.0),
@@ -133,11 +140,11 @@ class Session:
     slot: int
     generation: int
     queue: asyncio.Queue
-    writer: object  # sphn.OpusStreamWriter
     tokenizer: object
     transport: object  # the connection's, to see what the client has not taken yet
     buffer_limit: int
-    pcm: object = None  # samples received and not yet a whole frame
+    refused: asyncio.Future  # set to (outcome, code, reason) when the caller's audio cannot be read
+    sid: int = -1  # the session's Opus streams (Codec)
     dropped: int = 0
 
     def behind(self) -> bool:
@@ -145,22 +152,31 @@ class Session:
         unsent = self.transport.get_write_buffer_size() if self.transport else 0
         return self.queue.maxsize - self.queue.qsize() < 2 or (self.buffer_limit and unsent > self.buffer_limit)
 
-    def answer(self, output, metrics: Metrics) -> None:
-        """Queue one answer frame (audio, then text), or drop it whole when the client is behind.
+    def answer(self, output, metrics: Metrics, codec: Codec) -> None:
+        """Encode one answer frame (audio, then its text), or drop it whole when the client is behind.
         A dropped frame is never encoded: the Opus stream stays valid, the listener hears a gap."""
         if output.pcm is None:
             return
         if self.behind():
-            self.dropped += 1
-            metrics.dropped.labels("out").inc()
+            self.drop(metrics)
             return
-        opus = self.writer.append_pcm(output.pcm)
-        if len(opus):
-            self.queue.put_nowait(bytes([AUDIO]) + opus)
-        text = int(output.tokens[0])
+        text, piece = int(output.tokens[0]), None
         if text not in SILENT_TOKENS and self.tokenizer is not None:  # None: random weights (a benchmark)
-            piece = self.tokenizer.id_to_piece(text).replace("\u2581", " ")
-            self.queue.put_nowait(bytes([TEXT]) + piece.encode())
+            piece = bytes([TEXT]) + self.tokenizer.id_to_piece(text).replace("\u2581", " ").encode()
+        codec.encode(self.sid, self, output.pcm, piece)
+
+    def send(self, opus: bytes, piece: bytes | None, metrics: Metrics) -> None:
+        """On the event loop: queue an encoded frame and its text (room was checked before encoding;
+        frames encoded meanwhile may have taken it)."""
+        for message in ([bytes([AUDIO]) + opus] if opus else []) + ([piece] if piece else []):
+            if self.queue.full():
+                self.drop(metrics)
+                return
+            self.queue.put_nowait(message)
+
+    def drop(self, metrics: Metrics) -> None:
+        self.dropped += 1
+        metrics.dropped.labels("out").inc()
 
 
 @dataclass
@@ -194,6 +210,23 @@ class VoiceServer:
         self.ticks: deque = deque()  # (monotonic end, total ms) over HEALTH_WINDOW_S
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.codec: Codec | None = None  # made on the event loop, before the model loads
+
+    def start_codec(self) -> None:
+        def refused(session: Session, why: str) -> None:
+            if not session.refused.done():
+                session.refused.set_result(("bad_audio", WSCloseCode.INVALID_TEXT, f"audio is not Ogg/Opus: {why}"))
+
+        self.codec = Codec(
+            self.settings.codec_workers,
+            decoded=self.push,
+            encoded=lambda session, opus, piece: session.send(opus, piece, self.metrics),
+            refused=refused,
+            loop=self.loop,
+            died=fail,
+        )
+        if self.codec.workers:
+            log.info("Opus in %d worker process(es)", self.codec.workers)
 
     # --- Loading and the model thread ---------------------------------------------------
     def load(self) -> None:
@@ -250,7 +283,7 @@ class VoiceServer:
         for k, output in outputs.items():
             session = self.sessions[k]
             if session is not None and session.generation == generations[k]:
-                session.answer(output, self.metrics)
+                session.answer(output, self.metrics, self.codec)
 
     # --- Slots ------------------------------------------------------------------------------
     def take_slot(self, make_session) -> Session | None:
@@ -275,26 +308,22 @@ class VoiceServer:
                 self.inbox.first.discard(session.slot)
         self.metrics.slots_used.dec()
 
-    def push(self, session: Session, samples) -> None:
-        """Whole 80 ms frames of `samples` (after what was left over) to the model thread."""
-        import numpy as np
-
-        pcm = samples if session.pcm is None else np.concatenate((session.pcm, samples))
-        whole = len(pcm) // FRAME_SAMPLES
-        if whole:
-            now, dropped = time.monotonic(), 0
-            with self.lock:
-                if self.sessions[session.slot] is session:
-                    queue = self.inbox.frames[session.slot]
-                    for i in range(whole):
-                        if len(queue) < MAX_QUEUED_FRAMES:
-                            queue.append((pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], now))
-                        else:
-                            dropped += 1
-                    self.lock.notify()
-            if dropped:
-                self.metrics.dropped.labels("in").inc(dropped)
-        session.pcm = pcm[whole * FRAME_SAMPLES :]
+    def push(self, session: Session, frames) -> None:
+        """Whole 80 ms frames of samples (the codec cuts them) to the model thread."""
+        whole = len(frames) // FRAME_SAMPLES
+        now, dropped = time.monotonic(), 0
+        with self.lock:
+            if self.sessions[session.slot] is not session:
+                return
+            queue = self.inbox.frames[session.slot]
+            for i in range(whole):
+                if len(queue) < MAX_QUEUED_FRAMES:
+                    queue.append((frames[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], now))
+                else:
+                    dropped += 1
+            self.lock.notify()
+        if dropped:
+            self.metrics.dropped.labels("in").inc(dropped)
 
     # --- HTTP -------------------------------------------------------------------------------
     def health(self) -> tuple[int, dict]:
@@ -341,10 +370,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return ws
 
     def make(slot: int, generation: int) -> Session:
-        import sphn
-
-        queue, writer = asyncio.Queue(settings.send_queue), sphn.OpusStreamWriter(SAMPLE_RATE)
-        return Session(slot, generation, queue, writer, server.tokenizer, request.transport, settings.send_buffer_bytes)
+        queue, refused = asyncio.Queue(settings.send_queue), asyncio.get_running_loop().create_future()
+        session = Session(
+            slot, generation, queue, server.tokenizer, request.transport, settings.send_buffer_bytes, refused
+        )
+        session.sid = server.codec.open(session)
+        return session
 
     session = server.take_slot(make)
     if session is None:
@@ -361,6 +392,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         asyncio.create_task(send_loop(ws, session.queue)),
         asyncio.create_task(receive_loop(ws, server, session, seen)),
         asyncio.create_task(watch(ws, seen)),
+        session.refused,
     }
     outcome, code, reason = "error", WSCloseCode.GOING_AWAY, "connection lost"
     try:
@@ -377,6 +409,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         pass
     finally:
         server.release(session)  # the slot is free before any close handshake
+        server.codec.close(session.sid)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -394,11 +427,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def receive_loop(ws: web.WebSocketResponse, server: VoiceServer, session: Session, seen: Liveness):
-    """The client's frames: audio to the model; pongs to the watch; the session's end when the client
-    closes, errs or floods.  Other binary kinds are ignored, as moshi.server does (and are not audio)."""
-    import sphn
-
-    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    """The client's frames: audio to the model (through its Opus decoder); pongs to the watch; the
+    session's end when the client closes, errs or floods.  Other binary kinds are ignored, as
+    moshi.server does (and are not audio)."""
     async for message in ws:
         if message.type == WSMsgType.PONG:
             seen.pong()
@@ -412,12 +443,9 @@ async def receive_loop(ws: web.WebSocketResponse, server: VoiceServer, session: 
                 server.metrics.dropped.labels("in").inc()
                 return over
             if message.data[0] == AUDIO:
-                try:
-                    pcm = reader.append_bytes(message.data[1:])
-                except ValueError as exc:  # not Ogg/Opus: the stream cannot be read past it
-                    return "bad_audio", WSCloseCode.INVALID_TEXT, f"audio is not Ogg/Opus: {exc}"
-                if pcm.shape[-1]:
-                    server.push(session, pcm)
+                server.codec.decode(session.sid, session, message.data[1:])
+                if session.refused.done():  # decoded inline: not Ogg/Opus, the stream cannot be read past it
+                    return session.refused.result()
     return "ended", 1000, "client closed"
 
 
@@ -445,12 +473,14 @@ def make_app(server: VoiceServer) -> web.Application:
 
     async def lifecycle(app: web.Application):
         server.loop = asyncio.get_running_loop()
+        server.start_codec()
         thread = threading.Thread(target=server.load, name="moshi-model", daemon=True)
         thread.start()
         yield
         with server.lock:
             server.stopping = True
             server.lock.notify_all()
+        server.codec.stop()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/api/chat", chat)
