@@ -59,8 +59,15 @@ lint: setup  ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The pinned TypeScript compiler the ticket route's test compiles the route with.
+TSC := tests/ts/node_modules/.bin/tsc
+$(TSC): tests/ts/package.json tests/ts/package-lock.json
+	@echo "make: installing the pinned TypeScript compiler into tests/ts (npm ci)"
+	@npm ci --prefix tests/ts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # The fast tier: no Docker, no PostgreSQL, no weights (tests marked `lab` are left out).
-test-fast: prereqs lint  ## lint, then the tests that need no Docker, PostgreSQL or weights
+test-fast: prereqs lint $(TSC)  ## lint, then the tests that need no Docker, PostgreSQL or weights
 	$(BIN)/pytest -m "not lab"
 
 # The lab tier: the tests that need weights, moshi, PostgreSQL or Docker.

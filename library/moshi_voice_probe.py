@@ -34,6 +34,14 @@ options:
   token:
     description: Bearer token for a bridge with token auth (sent as a header, kept out of argv).
     type: str
+  ticket:
+    description:
+      - A ticket for one session through a bridge that takes tickets, as a browser sends it (C(?ticket=), kept out
+        of argv), with I(origin), the page it was minted for. A single probe only (a ticket opens one session).
+    type: str
+  origin:
+    description: The Origin header a browser would send (the page's origin); with I(ticket).
+    type: str
   validate_certs:
     description: Verify the TLS certificate (false for a self-signed lab certificate).
     type: bool
@@ -293,6 +301,8 @@ def main():
             seconds=dict(type="float", default=10),
             cafile=dict(type="path"),
             token=dict(type="str", no_log=True),
+            ticket=dict(type="str", no_log=True),
+            origin=dict(type="str"),
             validate_certs=dict(type="bool", default=True),
             callers=dict(type="int", default=1),
             stagger_s=dict(type="float", default=0.5),
@@ -315,7 +325,10 @@ def main():
     args += ["--handshake-only"] if module.check_mode else []
     if p["callers"] > 1 and not module.check_mode:
         args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"])]
-    env = {"MYCA_PROBE_TOKEN": p["token"] or ""}
+    if p["ticket"] and p["callers"] > 1:
+        module.fail_json(msg="a ticket opens one session: use a service token (token) for callers > 1")
+    args += ["--origin", p["origin"]] if p["origin"] else []
+    env = {"MYCA_PROBE_TOKEN": p["token"] or "", "MYCA_PROBE_TICKET": p["ticket"] or ""}
     result = run_json(module, p["python"], args, p["timeout"], env=env, container=p["container"])
     if result["error"]:
         module.fail_json(msg=result["error"], **result)

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -75,25 +76,39 @@ def test_relays_byte_exact_both_ways_and_passes_the_query(tmp_path, upstream):
     )
 
 
-def test_token_and_origin_are_checked_before_the_upgrade(tmp_path, upstream):
-    async def status_of(base, query="", headers=None):
+def test_token_and_origin_are_checked_before_any_slot_is_taken(tmp_path, upstream):
+    """A foreign origin is refused at the upgrade (403); a missing or wrong token too (401) for
+    clients that are not browsers, while a browser (an Origin) gets the upgrade closed at once with
+    4401 and the reason: a refused upgrade shows a browser only 1006."""
+
+    async def answer_of(base, query="", headers=None):
         async with aiohttp.ClientSession() as http:
             try:
                 async with http.ws_connect(chat_url(base, query), headers=headers or {}) as ws:
-                    await opening(ws)
-                    return 101
+                    first = await ws.receive(timeout=5)
+                    if first.type == aiohttp.WSMsgType.BINARY:
+                        await opening_rest(ws)
+                        return 101
+                    return (first.data, first.extra)
             except aiohttp.WSServerHandshakeError as exc:
                 return exc.status
 
+    refused = (4401, "a valid token is required: header 'Authorization: Bearer T' or ?token=T")
     settings = {"upstream": upstream, "tokens": [TOKEN], "allowed_origins": ["https://myca.example"]}
     with bridge(tmp_path, **settings) as base:
         good = {"Origin": "https://myca.example"}
-        assert asyncio.run(status_of(base, headers=good)) == 401
-        assert asyncio.run(status_of(base, "?token=" + "x" * 24, headers=good)) == 401
-        assert asyncio.run(status_of(base, "?token=" + TOKEN, headers=good)) == 101
-        assert asyncio.run(status_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
+        assert asyncio.run(answer_of(base, headers=good)) == refused
+        assert asyncio.run(answer_of(base, "?token=" + "x" * 24, headers=good)) == refused
+        assert asyncio.run(answer_of(base, "?token=" + "x" * 24)) == 401
+        assert asyncio.run(answer_of(base, "?token=" + TOKEN, headers=good)) == 101
+        assert asyncio.run(answer_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
         evil = {"Origin": "https://evil.example", "Authorization": "Bearer " + TOKEN}
-        assert asyncio.run(status_of(base, headers=evil)) == 403
+        assert asyncio.run(answer_of(base, headers=evil)) == 403
+
+
+async def opening_rest(ws) -> dict:
+    """The echo upstream's metadata, after its handshake byte was read."""
+    return json.loads((await ws.receive_bytes(timeout=5))[1:])
 
 
 def client_frame(payload: bytes, declared: int | None = None) -> bytes:
@@ -434,13 +449,21 @@ def test_the_voice_probe_through_the_bridge_hears_moshi(tmp_path, moshi_server):
         ({"upstream": "http://moshi:8998"}, "upstream must be a ws:// or wss:// URL"),
         ({"upstream": "ws://m/api/chat", "max_sessions": 0}, "max_sessions must be at least 1"),
         ({"upstream": "ws://m/api/chat", "tokens": ["short"]}, "every token must be at least 16 characters"),
+        ({"upstream": "ws://m/api/chat", "tokens": [{"token": "t" * 20, "scopes": ["admin"]}]}, "scopes are ['admin']"),
+        ({"upstream": "ws://m/api/chat", "tokens": [{"tok": "t" * 20}]}, "a bridge_tokens entry must be {token: T"),
+        ({"upstream": "ws://m/api/chat", "ticket_keys": ["k" * 31]}, "every ticket key must be at least 32"),
+        ({"upstream": "ws://m/api/chat", "ticket_route": True}, "ticket_route needs ticket_keys"),
+        (
+            {"upstream": "ws://m/api/chat", "ticket_route": True, "ticket_keys": ["k" * 32]},
+            "ticket_route mints tickets for the pages of allowed_origins, and it is empty",
+        ),
         ({"upstream": "ws://m/api/chat", "tls_cert": "/c.pem"}, "tls_cert and tls_key go together"),
         ({"upstream": "ws://m/api/chat", "max_session": 2}, "unknown setting(s) max_session"),
         ({}, "upstream is required"),
     ],
 )
 def test_bad_settings_name_the_cause(settings, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         BridgeConfig.from_dict(settings)
 
 
@@ -453,7 +476,7 @@ def test_the_cli_reports_a_bad_config_file(tmp_path):
     assert out.returncode == 2 and f"cannot read the bridge config {path}" in out.stderr
 
 
-def test_metrics_and_health_details_are_for_the_allowed_networks_or_a_token_holder(tmp_path, upstream):
+def test_metrics_and_health_details_are_for_the_allowed_networks_or_a_metrics_token(tmp_path, upstream):
     def get_with(url, token=""):
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
@@ -462,14 +485,19 @@ def test_metrics_and_health_details_are_for_the_allowed_networks_or_a_token_hold
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    with bridge(tmp_path, upstream=upstream, tokens=[TOKEN], metrics_allowed=["192.0.2.0/24"]) as base:
+    session_only = "s" * 24
+    tokens = [{"token": TOKEN, "scopes": ["session", "metrics"]}, session_only]  # a plain string: session only
+    with bridge(tmp_path, upstream=upstream, tokens=tokens, metrics_allowed=["192.0.2.0/24"]) as base:
         anonymous_metrics = get_with(base + "/metrics")
         token_metrics = get_with(base + "/metrics", TOKEN)
+        session_metrics = get_with(base + "/metrics", session_only)
         anonymous_health = get_with(base + "/healthz")
         token_health = get_with(base + "/healthz", TOKEN)
+        session_health = get_with(base + "/healthz", session_only)
     assert anonymous_metrics[0] == 403 and "bridge_metrics_allowed" in anonymous_metrics[1]
     assert token_metrics[0] == 200 and "myca_bridge_sessions_active" in token_metrics[1]
-    assert anonymous_health == (200, '{"ok": true}')
+    assert session_metrics[0] == 403 and "a token with the metrics scope" in session_metrics[1]
+    assert anonymous_health == session_health == (200, '{"ok": true}')
     assert json.loads(token_health[1])["upstream"] == upstream
 
 

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"myca-bridge: {exc}", file=sys.stderr)
         return 2
+    for warning in config.warnings():
+        print(f"myca-bridge: WARNING: {warning}", file=sys.stderr)
     if args.command == "check":
         print(f"myca-bridge: {args.config} is valid")
         return 0

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from myca_ops.bridge.config import BridgeConfig
 from myca_ops.bridge.events import EventSink
+from myca_ops.bridge.tickets import Refusal, Tickets, unauthorized
 from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, watch
 from myca_ops.voice.health import check
 from myca_ops.voice.protocol import client_ssl
@@ -44,7 +45,9 @@ AUDIO = 1
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
-TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
+TOKEN_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
+CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
+PERSONA = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
 REFUSAL_CLOSE_S = 0.1
 
@@ -105,6 +108,8 @@ class BridgeState:
         self.background: set[asyncio.Task] = set()
         self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
         self.slot_freed = asyncio.Condition()
+        self.tickets = Tickets(config.ticket_keys, config.ticket_ttl_s) if config.ticket_keys else None
+        self.ticket_rate = RateLimit(config.ticket_rate_per_min)
 
     def spawn(self, coro, closing: bool = False) -> None:
         """Run `coro` in the background, holding a reference until it ends."""
@@ -112,6 +117,28 @@ class BridgeState:
         for tasks in (self.background, self.upstream_closes) if closing else (self.background,):
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+
+
+class RateLimit:
+    """At most `per_min` requests per client address in each minute (fixed windows), in bounded memory."""
+
+    def __init__(self, per_min: int, max_addresses: int = 10_000) -> None:
+        self.per_min, self.max_addresses = per_min, max_addresses
+        self.windows: dict[str, tuple[float, int]] = {}  # address -> (window start, requests in it)
+
+    def allow(self, address: str) -> bool:
+        now = time.monotonic()
+        if len(self.windows) >= self.max_addresses:  # forget the windows that are over
+            self.windows = {a: w for a, w in self.windows.items() if now - w[0] < 60}
+            if len(self.windows) >= self.max_addresses:
+                return False
+        start, count = self.windows.get(address, (now, 0))
+        if now - start >= 60:
+            start, count = now, 0
+        if count >= self.per_min:
+            return False
+        self.windows[address] = (start, count + 1)
+        return True
 
 
 def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
@@ -127,7 +154,7 @@ class RedactCredentials(logging.Filter):
     header line of a request it cannot parse, token included. Such a request (the client's fault)
     becomes one warning line instead of an error with a traceback."""
 
-    PATTERN = re.compile(r"(Bearer\s+|token=)[^\s&'\"\\]+", re.IGNORECASE)
+    PATTERN = re.compile(r"(Bearer\s+|token=|ticket=)[^\s&'\"\\]+", re.IGNORECASE)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -143,10 +170,29 @@ class RedactCredentials(logging.Filter):
         return True
 
 
-def upstream_url(config: BridgeConfig, request: web.Request) -> str:
-    """The upstream URL with the client's query string, less the bridge's own token."""
-    query = [(k, v) for k, v in request.query.items() if k != "token"]
+def upstream_url(config: BridgeConfig, request: web.Request, persona: str | None = None) -> str:
+    """The upstream URL with the client's query string, less its credentials; a ticket's persona
+    replaces the URL's."""
+    query = [(k, v) for k, v in request.query.items() if k not in CREDENTIALS and not (persona and k == "persona")]
+    query += [("persona", persona)] if persona else []
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
+
+
+def authorize(request: web.Request, config: BridgeConfig, state: BridgeState) -> str | None:
+    """Whether this caller may have a session: a ticket (used up here), a service token with the
+    session scope, or no credential where none is asked for.  The ticket's persona, if any;
+    Refusal with the reason otherwise."""
+    ticket = request.query.get("ticket")
+    if ticket is not None:
+        if state.tickets is None:
+            raise unauthorized("this bridge takes no tickets (bridge_ticket_keys is empty)")
+        persona = request.query.get("persona")
+        return state.tickets.redeem(ticket, request.headers.get("Origin"), persona).get("persona")
+    if config.open or token_ok(request, config.tokens_with("session")):
+        return None
+    if config.ticket_keys:
+        raise unauthorized("a ticket is required (?ticket=, minted by the site's server), or a service token")
+    raise unauthorized("a valid token is required: header 'Authorization: Bearer T' or ?token=T")
 
 
 async def slot_within(state: BridgeState, config: BridgeConfig, seconds: float) -> bool:
@@ -167,9 +213,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if config.allowed_origins and origin is not None and origin not in config.allowed_origins:
         m.sessions.labels("forbidden_origin").inc()
         raise web.HTTPForbidden(text=f"origin {origin} is not allowed (bridge_allowed_origins)\n")
-    if config.tokens and not token_ok(request, config.tokens):
-        m.sessions.labels("unauthorized").inc()
-        raise web.HTTPUnauthorized(text="a valid token is required: header 'Authorization: Bearer T' or ?token=T\n")
+    try:
+        persona = authorize(request, config, state)
+    except Refusal as refusal:
+        m.sessions.labels("unauthorized" if refusal.status == 401 else "forbidden").inc()
+        if origin is None:  # not a browser: the HTTP answer says it all
+            raise http_error(refusal) from None
+        # A browser sees only 1006 when an upgrade is refused: it gets one, closed at once with the reason.
+        ws = web.WebSocketResponse(autoping=False, autoclose=False, timeout=REFUSAL_CLOSE_S)
+        await ws.prepare(request)
+        await close(ws, refusal.code, refusal.reason, request.transport)
+        return ws
 
     # A refused caller is not waited for: its close frame is sent, then the connection closed
     # after REFUSAL_CLOSE_S (a browser answers within it; a bot that never does costs nothing).
@@ -199,7 +253,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     state.events.emit({"event": "session_start", "session_id": session_id, "at": started, "peer": peer})
     outcome, code, reason, upstream = "relayed", 1000, "client closed", None
     try:
-        upstream = await connect_upstream(request, config, state)
+        upstream = await connect_upstream(request, config, state, persona)
         outcome, code, reason = await relay(ws, upstream, config, m)
     except UpstreamBusy as exc:
         outcome, code, reason = "busy", CLOSE_BUSY, str(exc)
@@ -235,6 +289,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def http_error(refusal: Refusal) -> web.HTTPException:
+    kinds = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 503: web.HTTPServiceUnavailable}
+    return kinds[refusal.status](text=refusal.reason + "\n")
+
+
 class UpstreamUnreachable(Exception):
     pass
 
@@ -243,7 +302,7 @@ class UpstreamBusy(Exception):
     """The upstream answered 503: HAProxy's queue timed out with every slot of the pool in use."""
 
 
-async def connect_upstream(request: web.Request, config: BridgeConfig, state: BridgeState):
+async def connect_upstream(request: web.Request, config: BridgeConfig, state: BridgeState, persona: str | None):
     t0 = time.perf_counter()
     if state.upstream_closes:
         # A session of ours that just ended may still hold its slot upstream until its close is
@@ -251,7 +310,7 @@ async def connect_upstream(request: web.Request, config: BridgeConfig, state: Br
         await asyncio.wait(set(state.upstream_closes), timeout=CLOSE_TIMEOUT_S)
     try:
         upstream = await state.client.ws_connect(
-            upstream_url(config, request),
+            upstream_url(config, request, persona),
             ssl=state.upstream_ssl,
             max_msg_size=UPSTREAM_MAX_MESSAGE,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
@@ -368,7 +427,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def insider(request: web.Request) -> bool:
-    """The caller may see details and metrics: from metrics_allowed, or with a valid token."""
+    """The caller may see details and metrics: from metrics_allowed, or with a token of the metrics scope."""
     config = request.app[CONFIG]
     try:
         peer = ipaddress.ip_address(request.remote or "")
@@ -376,12 +435,14 @@ def insider(request: web.Request) -> bool:
         peer = None
     if peer is not None and any(peer in net for net in request.app[STATE].metrics_networks):
         return True
-    return bool(config.tokens) and token_ok(request, config.tokens)
+    return token_ok(request, config.tokens_with("metrics"))
 
 
 async def metrics(request: web.Request) -> web.Response:
     if not insider(request):
-        raise web.HTTPForbidden(text="/metrics answers the networks in bridge_metrics_allowed, or a token holder\n")
+        raise web.HTTPForbidden(
+            text="/metrics answers the networks in bridge_metrics_allowed, or a token with the metrics scope\n"
+        )
     body = generate_latest(request.app[STATE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -406,7 +467,7 @@ class AccessLog(AbstractAccessLogger):
     """One line per request, with any token in the query string redacted."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = TOKEN_IN_QUERY.sub(r"\1token=REDACTED", request.path_qs)
+        path = TOKEN_IN_QUERY.sub(r"\1\2=REDACTED", request.path_qs)
         self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time)
 
 
@@ -427,7 +488,37 @@ def make_app(config: BridgeConfig) -> web.Application:
     app.router.add_get("/api/chat", chat)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if config.ticket_route:
+        app.router.add_route("POST", "/api/voice/ticket", mint_ticket)
+        app.router.add_route("OPTIONS", "/api/voice/ticket", mint_ticket)
     return app
+
+
+async def mint_ticket(request: web.Request) -> web.Response:
+    """POST /api/voice/ticket (bridge_ticket_route, for sites with no server code of their own):
+    a ticket for the page at the request's Origin, which must be one of allowed_origins, at most
+    ticket_rate_per_min a minute per address.  Anyone who can load the page can mint within that
+    rate: guarding more (a login) is the operator's own server's job."""
+    config, state = request.app[CONFIG], request.app[STATE]
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in config.allowed_origins:
+        raise web.HTTPForbidden(
+            text=f"tickets are minted for the pages of bridge_allowed_origins; {origin or 'no Origin'} is not one\n"
+        )
+    cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin", "Cache-Control": "no-store"}
+    if request.method == "OPTIONS":  # a preflight (a page that posts JSON)
+        cors.update({"Access-Control-Allow-Methods": "POST", "Access-Control-Allow-Headers": "Content-Type"})
+        return web.Response(status=204, headers=cors)
+    if not state.ticket_rate.allow(request.remote or ""):
+        raise web.HTTPTooManyRequests(
+            text=f"at most {config.ticket_rate_per_min} tickets a minute per address\n",
+            headers={**cors, "Retry-After": "60"},
+        )
+    persona = request.query.get("persona")
+    if persona is not None and not PERSONA.fullmatch(persona):
+        raise web.HTTPBadRequest(text="persona must be 1 to 64 letters, digits, - or _\n", headers=cors)
+    ticket = state.tickets.mint(origin, persona)
+    return web.json_response({"ticket": ticket, "expires_in": int(config.ticket_ttl_s)}, headers=cors)
 
 
 def server_ssl(config: BridgeConfig) -> ssl.SSLContext | None:

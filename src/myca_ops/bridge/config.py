@@ -8,11 +8,23 @@ import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from myca_ops.bridge.tickets import MIN_KEY_CHARS
 from myca_ops.sessions import Rules
+
+SCOPES = ("session", "metrics")  # a voice session; /metrics and /healthz's details
 
 
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """A service token (a server, a probe, a monitoring host: never a browser) and what it may do."""
+
+    value: str
+    scopes: frozenset[str]
+    plain: bool = False  # given as a bare string, before scopes existed
 
 
 @dataclass(frozen=True)
@@ -22,7 +34,13 @@ class BridgeConfig:
     listen_port: int = 8999
     upstream_ca: str = ""  # CA bundle that signed a wss upstream; empty: the system store
     upstream_verify: bool = True
-    tokens: tuple[str, ...] = ()  # empty: no token needed
+    tokens: tuple[Token, ...] = ()  # service tokens; with no tokens and no ticket keys, no credential is needed
+    # Tickets (myca_ops.bridge.tickets): HS256 keys, the first signs; a ticket's longest life;
+    # POST /api/voice/ticket on this port (for sites with no server code), per address per minute.
+    ticket_keys: tuple[str, ...] = ()
+    ticket_ttl_s: float = 60.0
+    ticket_route: bool = False
+    ticket_rate_per_min: int = 10
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     max_sessions: int = 1  # moshi.server serves one session at a time
     upstream_slots: int = 0  # slots behind the upstream (a pool's total), named in "busy"; 0: not known
@@ -54,18 +72,51 @@ class BridgeConfig:
             "listen_port",
             "max_connections_per_address",
             "max_frames_per_s",
+            "ticket_rate_per_min",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r} (bridge_{name})")
-        for name in ("idle_timeout_s", "connect_timeout_s", "header_timeout_s", "write_stall_s", "max_session_s"):
+        for name in (
+            "idle_timeout_s",
+            "connect_timeout_s",
+            "header_timeout_s",
+            "write_stall_s",
+            "max_session_s",
+            "ticket_ttl_s",
+        ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r} (bridge_{name})")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together: set both or neither (bridge_tls_cert, bridge_tls_key)")
-        if any(not t or len(t) < 16 for t in self.tokens):
+        if any(len(t.value) < 16 for t in self.tokens):
             raise ConfigError(
                 "every token must be at least 16 characters (bridge_tokens); make one with `openssl rand -hex 24`"
             )
+        for token in self.tokens:
+            if not token.scopes or not token.scopes <= set(SCOPES):
+                raise ConfigError(
+                    f"a token's scopes are {sorted(token.scopes)}: give it one or more of {', '.join(SCOPES)} (bridge_tokens)"
+                )
+        if any(len(k) < MIN_KEY_CHARS for k in self.ticket_keys):
+            raise ConfigError(
+                f"every ticket key must be at least {MIN_KEY_CHARS} characters (bridge_ticket_keys); "
+                "make one with `openssl rand -hex 32`"
+            )
+        if self.ticket_route and not self.ticket_keys:
+            raise ConfigError("ticket_route needs ticket_keys to sign with (bridge_ticket_route, bridge_ticket_keys)")
+        if self.ticket_route and not self.allowed_origins:
+            raise ConfigError(
+                "ticket_route mints tickets for the pages of allowed_origins, and it is empty: set "
+                'bridge_allowed_origins to the site\'s origin(s), e.g. ["https://myca.example"]'
+            )
+
+    @property
+    def open(self) -> bool:
+        """No credential at all is asked for (a trusted network)."""
+        return not self.tokens and not self.ticket_keys
+
+    def tokens_with(self, scope: str) -> tuple[str, ...]:
+        return tuple(t.value for t in self.tokens if scope in t.scopes)
 
     def rules(self) -> Rules:
         """The session rules (myca_ops.sessions), the batched server's too."""
@@ -98,10 +149,19 @@ class BridgeConfig:
         if "upstream" not in data:
             raise ConfigError("upstream is required: the ws:// URL of Moshi's /api/chat (bridge_upstream)")
         values = dict(data)
-        for name in ("tokens", "allowed_origins", "metrics_allowed"):
+        for name in ("allowed_origins", "metrics_allowed", "ticket_keys"):
             if name in values:
                 values[name] = tuple(values[name] or ())
+        values["tokens"] = tuple(parse_token(entry) for entry in values.get("tokens") or ())
         return cls(**values)
+
+    def warnings(self) -> list[str]:
+        if any(t.plain for t in self.tokens):
+            return [
+                "a bridge token given as a plain string has the session scope only (no /metrics); write it as "
+                "{token: T, scopes: [session]} or [session, metrics] in bridge_tokens"
+            ]
+        return []
 
     @classmethod
     def load(cls, path: str | Path) -> BridgeConfig:
@@ -110,3 +170,17 @@ class BridgeConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read the bridge config {path}: {exc}") from exc
         return cls.from_dict(data)
+
+
+def parse_token(entry) -> Token:
+    """A bridge_tokens entry: {token: T, scopes: [...]}, or a plain string (the session scope, as before scopes)."""
+    if isinstance(entry, str):
+        return Token(entry, frozenset({"session"}), plain=True)
+    if isinstance(entry, dict) and set(entry) <= {"token", "scopes"} and isinstance(entry.get("token"), str):
+        scopes = entry.get("scopes", ["session"])
+        if isinstance(scopes, list) and all(isinstance(x, str) for x in scopes):
+            return Token(entry["token"], frozenset(scopes))
+    raise ConfigError(
+        "a bridge_tokens entry must be {token: T, scopes: [session, metrics]} (or a plain token string), "
+        f"got a {type(entry).__name__} with {sorted(entry) if isinstance(entry, dict) else 'no keys'}"
+    )

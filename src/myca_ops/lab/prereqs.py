@@ -76,6 +76,8 @@ def needs() -> list[Need]:
             "prometheus",
             lambda: _has("prometheus") and _has("promtool"),
         ),
+        Need("Node.js, for the ticket route's test", "nodejs", "nodejs", lambda: _has("node")),
+        Need("npm, for the pinned TypeScript compiler of that test", "npm", "npm", lambda: _has("npm")),
         Need(
             "headless Chromium, for the verify page's test",
             "chromium",

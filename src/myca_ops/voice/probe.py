@@ -164,18 +164,32 @@ def verdict(result: dict) -> tuple[bool, str]:
 
 @contextlib.asynccontextmanager
 async def chat_session(
-    url: str, timeout: float = 30, cafile: str | None = None, verify_tls: bool = True, token: str | None = None
+    url: str,
+    timeout: float = 30,
+    cafile: str | None = None,
+    verify_tls: bool = True,
+    token: str | None = None,
+    ticket: str | None = None,
+    origin: str | None = None,
 ):
-    """Open /api/chat (with the bridge's bearer token, if any) and wait for the handshake byte; yield the websocket."""
+    """Open /api/chat and wait for the handshake byte; yield the websocket.  Through the bridge:
+    with a service token (a bearer header), or as a browser would, with a ticket (``?ticket=``)
+    and the Origin of the page it was minted for."""
     import aiohttp
+    import yarl
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if origin:
+        headers["Origin"] = origin
+    target = yarl.URL(url).update_query(ticket=ticket) if ticket else url
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout)) as session:
         async with session.ws_connect(
-            url,
+            target,
             ssl=client_ssl(url, cafile, verify_tls),
             max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
-            headers={"Authorization": f"Bearer {token}"} if token else None,
+            headers=headers or None,
         ) as ws:
             first = await ws.receive(timeout=timeout)
             if first.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
@@ -195,6 +209,8 @@ async def probe(
     drain_s: float = 1.0,
     token: str | None = None,
     timing_only: bool = False,
+    ticket: str | None = None,
+    origin: str | None = None,
 ) -> dict:
     import aiohttp
     import sphn
@@ -202,7 +218,7 @@ async def probe(
     result: dict = {"url": url, "seconds": seconds, "error": None}
     start, connect_at = time.perf_counter(), time.monotonic()
     try:
-        async with chat_session(url, connect_timeout, cafile, verify_tls, token) as ws:
+        async with chat_session(url, connect_timeout, cafile, verify_tls, token, ticket, origin) as ws:
             result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
                 result.update(await _stream(ws, sphn, seconds, drain_s, timing_only))
@@ -483,8 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timing-only", action="store_true", help="count what comes back from Ogg granules, do not decode it"
     )
+    parser.add_argument("--origin", help="the page's Origin, sent as a browser does (with a ticket)")
     args = parser.parse_args(argv)
-    token = os.environ.get("MYCA_PROBE_TOKEN") or None  # from the environment: argv is visible to every user
+    # Credentials from the environment: argv is visible to every user.
+    token = os.environ.get("MYCA_PROBE_TOKEN") or None
+    ticket = os.environ.get("MYCA_PROBE_TICKET") or None
     if args.callers is not None:
         tls = {"cafile": args.cafile, "verify_tls": not args.insecure, "token": token, "timing_only": args.timing_only}
         result = crowd(args.url, args.callers, args.seconds, args.stagger, **tls)
@@ -498,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         handshake_only=args.handshake_only,
         token=token,
         timing_only=args.timing_only,
+        ticket=ticket,
+        origin=args.origin,
     )
     print(json.dumps(result, indent=2))
     return 1 if result["error"] else 0

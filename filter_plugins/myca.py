@@ -1,0 +1,35 @@
+"""Filters the playbooks use to speak to the bridge as a client would."""
+
+from __future__ import annotations
+
+
+def service_token(tokens, scope: str = "session") -> str:
+    """The first of bridge_tokens with `scope` ({token, scopes} entries; a plain string has the
+    session scope only), or '' when there is none."""
+    from myca_ops.bridge.config import parse_token
+
+    return next((t.value for t in map(parse_token, tokens or []) if scope in t.scopes), "")
+
+
+def token_scopes(tokens, value: str) -> list[str]:
+    """The scopes bridge_tokens gives `value` (none when it is not one of them)."""
+    from myca_ops.bridge.config import parse_token
+
+    return sorted(next((t.scopes for t in map(parse_token, tokens or []) if value and t.value == value), []))
+
+
+def voice_ticket(keys, origin: str, ttl_s: float = 60) -> str:
+    """A ticket for one session from a page at `origin`, signed with the first of bridge_ticket_keys,
+    minted on the control node when the task runs (myca_ops.bridge.tickets, as the bridge mints)."""
+    from myca_ops.bridge.tickets import Tickets
+
+    return Tickets(tuple(keys), ttl_s).mint(origin)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "myca_service_token": service_token,
+            "myca_token_scopes": token_scopes,
+            "myca_voice_ticket": voice_ticket,
+        }

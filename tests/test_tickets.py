@@ -1,0 +1,209 @@
+"""Tickets: one browser session each, refused with a reason before any slot is taken."""
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import aiohttp
+import jwt
+import pytest
+
+from myca_ops.bridge.config import BridgeConfig
+from myca_ops.bridge.tickets import Refusal, Tickets
+from myca_ops.lab.processes import bridge, echo_upstream
+
+KEY, OLD_KEY, FOREIGN_KEY = "k" * 40, "o" * 40, "f" * 40
+SITE = "https://myca.example"
+
+
+def refusal(tickets: Tickets, ticket: str, origin: str | None = SITE, persona: str | None = None) -> Refusal:
+    with pytest.raises(Refusal) as caught:
+        tickets.redeem(ticket, origin, persona)
+    return caught.value
+
+
+def test_a_ticket_opens_one_session_for_its_origin():
+    tickets = Tickets((KEY,), 60)
+    ticket = tickets.mint(SITE, persona="myca")
+    claims = tickets.redeem(ticket, SITE, None)
+    assert claims["aud"] == SITE and claims["persona"] == "myca" and claims["exp"] - claims["iat"] == 60
+    again = refusal(tickets, ticket)
+    assert (again.status, again.code, again.reason) == (401, 4401, "ticket already used: each ticket opens one session")
+
+
+def test_each_bad_ticket_is_refused_with_its_own_reason_and_nothing_of_the_key():
+    tickets = Tickets((KEY,), 60)
+    now = time.time()
+    expired = tickets.mint(SITE, now=now - 120)
+    assert refusal(tickets, expired).reason == "ticket expired: mint a new one for each session"
+
+    head, body, signature = tickets.mint(SITE).split(".")
+    claims = json.loads(jwt.utils.base64url_decode(body))
+    altered = ".".join(
+        (
+            head,
+            jwt.utils.base64url_encode(json.dumps({**claims, "aud": "https://evil.example"}).encode()).decode(),
+            signature,
+        )
+    )
+    assert "signature does not verify" in refusal(tickets, altered).reason
+
+    foreign = Tickets((FOREIGN_KEY,), 60).mint(SITE)
+    assert refusal(tickets, foreign).reason == "ticket signature does not verify (not minted with this bridge's keys)"
+
+    unsigned = jwt.encode({"aud": SITE, "iat": int(now), "exp": int(now) + 60, "jti": "x"}, None, algorithm="none")
+    assert refusal(tickets, unsigned).reason == "ticket is not signed with HS256"
+
+    other_alg = jwt.encode({"aud": SITE, "iat": int(now), "exp": int(now) + 60, "jti": "y"}, KEY * 2, algorithm="HS512")
+    assert refusal(tickets, other_alg).reason == "ticket is not signed with HS256"
+
+    wrong_origin = refusal(tickets, tickets.mint(SITE), origin="https://other.example")
+    assert (wrong_origin.status, wrong_origin.code) == (403, 4403)
+    assert wrong_origin.reason == "ticket was minted for https://myca.example, not https://other.example"
+    assert "not a client without an Origin" in refusal(tickets, tickets.mint(SITE), origin=None).reason
+
+    long_lived = jwt.encode({"aud": SITE, "iat": int(now), "exp": int(now) + 3600, "jti": "z"}, KEY, algorithm="HS256")
+    assert refusal(tickets, long_lived).reason == "ticket lives 3600 s, longer than the bridge's 60 s"
+
+    no_jti = jwt.encode({"aud": SITE, "iat": int(now), "exp": int(now) + 60}, KEY, algorithm="HS256")
+    assert refusal(tickets, no_jti).reason == "ticket lacks the jti claim"
+
+    assert refusal(tickets, "\x00not.a.jwt").reason == "ticket is malformed"
+    persona = refusal(tickets, tickets.mint(SITE, persona="myca"), persona="pirate")
+    assert (persona.status, persona.reason) == (403, "ticket is for persona myca, not pirate")
+    for each in (
+        refusal(tickets, t).reason for t in (expired, altered, foreign, unsigned, long_lived, "\x00not.a.jwt")
+    ):
+        assert KEY not in each and "k" * 8 not in each
+
+
+def test_a_rotated_key_still_opens_the_tickets_it_minted_a_moment_ago():
+    before = Tickets((OLD_KEY,), 60).mint(SITE)
+    after_rotation = Tickets((KEY, OLD_KEY), 60)
+    assert after_rotation.redeem(before, SITE, None)["aud"] == SITE
+    assert after_rotation.redeem(after_rotation.mint(SITE), SITE, None)  # the new key signs
+    assert refusal(Tickets((KEY,), 60), Tickets((OLD_KEY,), 60).mint(SITE)).status == 401  # old key gone
+
+
+def test_used_tickets_are_forgotten_only_once_expired():
+    tickets, start = Tickets((KEY,), 60), 1_000_000.0
+    for i in range(50):
+        tickets.use(f"early-{i}", start + 60, start)
+    tickets.use("later", start + 90, start + 30)
+    assert len(tickets.used) == 51  # none expired yet: none forgotten
+    with pytest.raises(Refusal, match="already used"):
+        tickets.use("early-0", start + 60, start + 31)
+    tickets.use("last", start + 130, start + 70)  # the first 50 are past their exp and the leeway
+    assert list(tickets.used) == ["later", "last"]
+
+
+def test_plain_tokens_keep_working_with_the_session_scope_and_a_warning():
+    config = BridgeConfig.from_dict({"upstream": "ws://m/api/chat", "tokens": ["t" * 24]})
+    assert config.tokens_with("session") == ("t" * 24,) and config.tokens_with("metrics") == ()
+    assert "has the session scope only" in config.warnings()[0]
+    scoped = BridgeConfig.from_dict(
+        {"upstream": "ws://m/api/chat", "tokens": [{"token": "m" * 24, "scopes": ["metrics"]}]}
+    )
+    assert scoped.tokens_with("session") == () and scoped.warnings() == []
+    assert not scoped.open and BridgeConfig.from_dict({"upstream": "ws://m/api/chat"}).open
+
+
+# --- Through a real bridge ------------------------------------------------------------------
+def post(url: str, origin: str | None) -> tuple[int, dict, str]:
+    request = urllib.request.Request(url, data=b"", method="POST", headers={"Origin": origin} if origin else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, dict(reply.headers), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+async def attempt(base: str, query: str, origin: str | None) -> tuple[str, object, str]:
+    """("handshake", first byte, "") when served; ("closed", code, reason) for a browser refused
+    after the upgrade; ("http", status, body) when the upgrade itself is refused."""
+    headers = {"Origin": origin} if origin else {}
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(base.replace("http", "ws") + "/api/chat" + query, headers=headers) as ws:
+                message = await ws.receive(timeout=5)
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    return "handshake", message.data[:1], ""
+                return "closed", message.data, message.extra
+        except aiohttp.WSServerHandshakeError as exc:
+            return "http", exc.status, ""
+
+
+@pytest.fixture
+def ticketed(tmp_path):
+    """A bridge that takes tickets, with its ticket route, in front of the echo upstream; the
+    old key still verifies (a rotation under way). (base URL, log path)."""
+    with echo_upstream(tmp_path) as upstream:
+        settings = {
+            "upstream": upstream,
+            "ticket_keys": [KEY, OLD_KEY],
+            "ticket_route": True,
+            "ticket_rate_per_min": 3,
+            "allowed_origins": [SITE],
+        }
+        with bridge(tmp_path, **settings) as base:
+            yield base, next(tmp_path.glob("bridge-*.log"))
+
+
+def test_a_page_mints_a_ticket_at_the_bridge_and_talks_once(ticketed):
+    base, log = ticketed
+    status, headers, body = post(base + "/api/voice/ticket", SITE)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == SITE and headers["Cache-Control"] == "no-store"
+    ticket = json.loads(body)["ticket"]
+    assert json.loads(body)["expires_in"] == 60
+    assert asyncio.run(attempt(base, f"?ticket={ticket}", SITE)) == ("handshake", b"\x00", "")
+    # The same ticket again: a browser gets the upgrade, closed at once with the reason.
+    assert asyncio.run(attempt(base, f"?ticket={ticket}", SITE)) == (
+        "closed",
+        4401,
+        "ticket already used: each ticket opens one session",
+    )
+    assert ticket not in log.read_text() and "ticket=REDACTED" in log.read_text()
+
+
+def test_refused_tickets_say_why_browsers_by_close_code_others_by_http_status(ticketed):
+    base, _ = ticketed
+    minted_elsewhere = Tickets((FOREIGN_KEY,), 60).mint(SITE)
+    expired = Tickets((KEY,), 60).mint(SITE, now=time.time() - 300)
+    rotated = Tickets((OLD_KEY,), 60).mint(SITE)
+    for_site = Tickets((KEY,), 60).mint(SITE)
+    cases = [
+        (
+            minted_elsewhere,
+            SITE,
+            ("closed", 4401, "ticket signature does not verify (not minted with this bridge's keys)"),
+        ),
+        (expired, SITE, ("closed", 4401, "ticket expired: mint a new one for each session")),
+        (for_site, "https://other.example", ("http", 403, "")),  # not an allowed origin at all
+        (expired, None, ("http", 401, "")),
+        (rotated, SITE, ("handshake", b"\x00", "")),
+    ]
+    for ticket, origin, expected in cases:
+        assert asyncio.run(attempt(base, f"?ticket={ticket}", origin)) == expected, (origin, expected)
+    # A client that is not a browser reads the reason in the HTTP answer.
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"{base}/api/chat?ticket={expired}", timeout=10)
+    assert (answer.value.code, answer.value.read().decode()) == (
+        401,
+        "ticket expired: mint a new one for each session\n",
+    )
+    # No ticket, no token: refused (tickets are on, so a credential is needed).
+    assert asyncio.run(attempt(base, "", SITE))[:2] == ("closed", 4401)
+    # Nothing above holds a slot: a fresh ticket is served at once.
+    assert asyncio.run(attempt(base, f"?ticket={Tickets((KEY,), 60).mint(SITE)}", SITE)) == ("handshake", b"\x00", "")
+
+
+def test_the_ticket_route_checks_the_origin_and_the_rate(ticketed):
+    base, _ = ticketed
+    assert post(base + "/api/voice/ticket", "https://evil.example")[0] == 403
+    assert post(base + "/api/voice/ticket", None)[0] == 403
+    statuses = [post(base + "/api/voice/ticket", SITE)[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]  # ticket_rate_per_min 3
+    status, headers, body = post(base + "/api/voice/ticket", SITE)
+    assert status == 429 and headers["Retry-After"] == "60" and "at most 3 tickets a minute per address" in body
