@@ -26,9 +26,17 @@ def voice_ticket(keys, origin: str, ttl_s: float = 60) -> str:
     return Tickets(tuple(keys), ttl_s).mint(origin)
 
 
+def merged_load(shares: list) -> dict:
+    """One load test from the shares its caller hosts ran (myca_ops.voice.probe.merge)."""
+    from myca_ops.voice.probe import merge
+
+    return merge(list(shares))
+
+
 class FilterModule:
     def filters(self):
         return {
+            "myca_merged_load": merged_load,
             "myca_service_token": service_token,
             "myca_token_scopes": token_scopes,
             "myca_voice_ticket": voice_ticket,

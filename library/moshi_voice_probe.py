@@ -42,6 +42,17 @@ options:
   origin:
     description: The Origin header a browser would send (the page's origin); with I(ticket).
     type: str
+  first_caller:
+    description:
+      - A load test spread over hosts, this host's share (playbooks/loadtest.yml with C(loadtest_from)) the
+        number of its first caller; the shares are joined with the C(myca_merged_load) filter.
+    type: int
+    default: 0
+  start_at:
+    description:
+      - A load test spread over hosts, when caller 0 starts (wall clock, seconds since 1970; caller I(n) starts
+        I(n) * I(stagger_s) later), the same on every host. Default, as soon as this host's callers are ready.
+    type: float
   validate_certs:
     description: Verify the TLS certificate (false for a self-signed lab certificate).
     type: bool
@@ -281,6 +292,11 @@ summary:
     cut off: 0
     refused: 0
     caller lagged: 0
+epoch:
+  description: When the first caller connected (wall clock, seconds since 1970); the callers' moments count from it.
+  returned: a load test
+  type: float
+  sample: 1796000000.25
 server_health:
   description: When callers lagged on the control node, the server's own health (its tick figures), which the
     cause then quotes; null otherwise.
@@ -303,6 +319,8 @@ def main():
             token=dict(type="str", no_log=True),
             ticket=dict(type="str", no_log=True),
             origin=dict(type="str"),
+            first_caller=dict(type="int", default=0),
+            start_at=dict(type="float"),
             validate_certs=dict(type="bool", default=True),
             callers=dict(type="int", default=1),
             stagger_s=dict(type="float", default=0.5),
@@ -323,8 +341,9 @@ def main():
     args += ["--cafile", p["cafile"]] if p["cafile"] else []
     args += [] if p["validate_certs"] else ["--insecure"]
     args += ["--handshake-only"] if module.check_mode else []
-    if p["callers"] > 1 and not module.check_mode:
-        args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"])]
+    if (p["callers"] > 1 or p["first_caller"] or p["start_at"]) and not module.check_mode:
+        args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"]), "--first", str(p["first_caller"])]
+        args += ["--start-at", repr(p["start_at"])] if p["start_at"] else []
     if p["ticket"] and p["callers"] > 1:
         module.fail_json(msg="a ticket opens one session: use a service token (token) for callers > 1")
     args += ["--origin", p["origin"]] if p["origin"] else []

@@ -34,7 +34,9 @@ def chromium() -> str:
     raise RuntimeError("no Chromium on this machine: make prereqs installs it")
 
 
-async def read_page(page: Path, timeout: float = 30) -> dict:
+async def read_page(page: Path | str, timeout: float = 30, expression: str = READ_PAGE) -> dict:
+    """What `expression` (JSON text, or a promise of it) gives on `page` (a file, or an http URL)
+    once it has loaded."""
     with tempfile.TemporaryDirectory() as profile:
         proc = await asyncio.create_subprocess_exec(
             chromium(),
@@ -48,13 +50,14 @@ async def read_page(page: Path, timeout: float = 30) -> dict:
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            return await asyncio.wait_for(_drive(proc, page.resolve().as_uri()), timeout)
+            url = page if isinstance(page, str) else page.resolve().as_uri()
+            return await asyncio.wait_for(_drive(proc, url, expression), timeout)
         finally:
             proc.kill()
             await proc.wait()
 
 
-async def _drive(proc, url: str) -> dict:
+async def _drive(proc, url: str, expression: str) -> dict:
     while True:  # Chromium names its DevTools websocket on stderr once it listens
         line = (await proc.stderr.readline()).decode()
         if not line:
@@ -85,7 +88,7 @@ async def _drive(proc, url: str) -> dict:
         await call("Page.enable", session)
         await call("Page.navigate", session, url=url)
         await until(lambda m: m.get("method") == "Page.loadEventFired")
-        result = await call("Runtime.evaluate", session, expression=READ_PAGE, returnByValue=True)
+        result = await call("Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True)
         return json.loads(result["result"]["result"]["value"])
 
 

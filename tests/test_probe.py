@@ -129,3 +129,29 @@ def test_a_load_test_with_lagging_callers_judges_by_the_servers_own_ticks():
     # Nobody lagged: no health read, no lag in the summary.
     load = probe.summarise("ws://gpu:8998/api/chat", callers[:1], health)
     assert load["cause"] == "1 real-time, 0 late, 0 cut off, 0 refused of 1 callers" and asked == [asked[0]]
+
+
+def test_shares_of_a_load_test_from_several_hosts_merge_onto_one_clock():
+    def caller(number, start, **extra):
+        return {
+            **base_result(handshake_ms=5.0, own_lag_ms={"p99": 1.0, "max": 2.0}),
+            "caller": number,
+            "start_s": start,
+            "handshake_s": start + 0.005,
+            "stream_s": start + 0.006,
+            "first_audio_s": start + 0.3,
+            "end_s": start + 4.0,
+            "arrival_s": [0.3, 0.38],  # seconds since its own first send: not a moment, never shifted
+            **extra,
+        }
+
+    host_a = {"url": "ws://b/api/chat", "epoch": 1000.0, "callers": [caller(0, 0.0), caller(2, 1.0)]}
+    host_b = {"url": "ws://b/api/chat", "epoch": 1000.5, "callers": [caller(1, 0.0)]}
+    load = probe.merge([host_b, host_a])
+    assert [c["caller"] for c in load["callers"]] == [0, 1, 2]
+    assert [c["start_s"] for c in load["callers"]] == [0.0, 0.5, 1.0]
+    assert load["callers"][1]["end_s"] == 4.5 and load["callers"][1]["arrival_s"] == [0.3, 0.38]
+    assert load["epoch"] == 1000.0 and load["shares"] == 2
+    assert load["cause"] == "3 real-time, 0 late, 0 cut off, 0 refused of 3 callers"
+    with pytest.raises(ValueError, match="no load test shares"):
+        probe.merge([])

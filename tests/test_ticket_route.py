@@ -59,7 +59,9 @@ def route_js(tmp_path_factory) -> Path:
     return work / "out" / "route.js"
 
 
-def test_the_route_mints_tickets_the_bridge_redeems_and_refuses_what_it_should(route_js):
+@pytest.fixture(scope="module")
+def answers(route_js) -> dict:
+    """The route's answers to CALLS, run by Node.js with the key in its environment."""
     run = subprocess.run(
         ["node", "-e", CALLS, route_js, SITE],
         capture_output=True,
@@ -68,7 +70,11 @@ def test_the_route_mints_tickets_the_bridge_redeems_and_refuses_what_it_should(r
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    answers = json.loads(run.stdout)
+    assert KEY not in run.stdout
+    return json.loads(run.stdout)
+
+
+def test_the_route_mints_tickets_the_bridge_redeems_and_refuses_what_it_should(answers):
     tickets = Tickets((KEY,), 60)
     site = answers["site"]
     assert site["status"] == 200 and site["cache"] == "no-store"
@@ -87,21 +93,13 @@ def test_the_route_mints_tickets_the_bridge_redeems_and_refuses_what_it_should(r
         "status": 500,
         "body": "MYCA_VOICE_TICKET_KEY is not set on the server (the website role writes it into .env.local)\n",
     }
-    assert KEY not in run.stdout
 
 
-def test_a_ticket_node_signed_reads_in_pyjwt_and_an_old_one_fails_on_its_expiry(route_js):
+def test_a_ticket_node_signed_reads_in_pyjwt_and_an_old_one_fails_on_its_expiry(answers):
     """Node's header and claims as PyJWT reads them; replayed later, the ticket fails on its expiry."""
     import jwt
 
-    signed = subprocess.run(
-        ["node", "-e", CALLS, route_js, SITE],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "MYCA_VOICE_TICKET_KEY": KEY},
-        timeout=60,
-    )
-    ticket = json.loads(signed.stdout)["signed_at"]
+    ticket = answers["signed_at"]
     header = jwt.get_unverified_header(ticket)
     claims = jwt.decode(ticket, "k" * 40, algorithms=["HS256"], options={"verify_exp": False, "verify_aud": False})
     assert header == {"alg": "HS256", "typ": "JWT"}
@@ -112,3 +110,80 @@ def test_a_ticket_node_signed_reads_in_pyjwt_and_an_old_one_fails_on_its_expiry(
     }
     with pytest.raises(Exception, match="expired"):
         Tickets(("k" * 40,), 60).redeem(ticket, "https://a.example", None)
+
+
+SITE_SERVER = r"""
+// The operator's site, in Node.js: a page, and the route handler the website role writes.
+const http = require("node:http");
+const route = require(process.argv[1]);
+const [port, bridge] = [Number(process.argv[2]), process.argv[3]];
+const page = `<!doctype html><title>call</title><script>
+const talk = (ticket) => new Promise((resolve) => {
+  const ws = new WebSocket("${bridge.replace("http", "ws")}/api/chat?ticket=" + ticket);
+  ws.binaryType = "arraybuffer";
+  let heard = 0;
+  ws.onmessage = (event) => {
+    const kind = new Uint8Array(event.data)[0];
+    if (kind === 0) ws.send(new Uint8Array([1, 79, 103, 103, 83]));  // after the handshake, a page of "audio"
+    if (kind === 1) { heard += event.data.byteLength; ws.close(1000); }
+  };
+  ws.onclose = (event) => resolve({ heard, code: event.code, reason: event.reason });
+});
+const mint = async (url) => (await (await fetch(url, { method: "POST" })).json()).ticket;
+window.done = (async () => {
+  const fromSite = await mint("/api/voice/ticket");
+  const fromBridge = await mint("${bridge}/api/voice/ticket");
+  return JSON.stringify({
+    site: await talk(fromSite), replayed: await talk(fromSite),
+    bridge: await talk(fromBridge), altered: await talk(fromBridge.slice(0, -4) + "AAAA"),
+  });
+})();
+</script>`;
+http.createServer(async (req, res) => {
+  if (req.method === "POST" && req.url.startsWith("/api/voice/ticket")) {
+    const reply = await route.POST(new Request(`http://${req.headers.host}${req.url}`,
+      { method: "POST", headers: { origin: req.headers.origin ?? "" } }));
+    res.writeHead(reply.status, Object.fromEntries(reply.headers));
+    res.end(await reply.text());
+    return;
+  }
+  res.writeHead(200, { "Content-Type": "text/html" });
+  res.end(page);
+}).listen(port, "127.0.0.1", () => console.log("listening"));
+"""
+
+
+def test_a_page_in_chromium_mints_tickets_talks_through_the_bridge_and_is_told_why_when_refused(route_js, tmp_path):
+    """Headless Chromium on the operator's site: a ticket from the site's route (Node.js) and one
+    from the bridge's own route each open one session and hear the upstream; the replayed and the
+    altered ticket are closed with their reasons, which a page can read (a refused upgrade would
+    show it only 1006)."""
+    import asyncio
+
+    from report_in_browser import read_page
+
+    from myca_ops.lab.processes import bridge, echo_upstream, free_port
+
+    port = free_port()
+    site = f"http://127.0.0.1:{port}"
+    with echo_upstream(tmp_path) as upstream:
+        settings = {"upstream": upstream, "ticket_keys": [KEY], "ticket_route": True, "allowed_origins": [site]}
+        with bridge(tmp_path, **settings) as base:
+            env = {"PATH": "/usr/bin:/bin", "MYCA_VOICE_TICKET_KEY": KEY, "MYCA_VOICE_TICKET_ORIGINS": site}
+            server = subprocess.Popen(
+                ["node", "-e", SITE_SERVER, route_js, str(port), base], env=env, stdout=subprocess.PIPE, text=True
+            )
+            try:
+                assert server.stdout.readline().strip() == "listening"
+                seen = asyncio.run(read_page(site + "/", 60, "window.done"))
+            finally:
+                server.kill()
+                server.wait()
+    assert seen["site"] == {"heard": 5, "code": 1000, "reason": "client closed"}, seen
+    assert seen["bridge"] == {"heard": 5, "code": 1000, "reason": "client closed"}, seen
+    assert seen["replayed"] == {
+        "heard": 0,
+        "code": 4401,
+        "reason": "ticket already used: each ticket opens one session",
+    }
+    assert seen["altered"]["code"] == 4401 and "signature does not verify" in seen["altered"]["reason"], seen

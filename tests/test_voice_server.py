@@ -498,6 +498,7 @@ def test_a_flood_is_cut_and_the_slot_freed_while_the_flooder_keeps_its_socket(st
     assert f"flood: over {FRAMES_PER_S} frames in a second" in log.read_text()
 
 
+@pytest.mark.lab  # its servers come by name (getfixturevalue), so conftest cannot see they need the weights
 @pytest.mark.parametrize("server", ["strict", "batched"], ids=["opus-on-the-loop", "opus-in-a-worker"])
 def test_audio_that_is_not_ogg_opus_ends_the_session_with_the_cause(server, request):
     """Kind 1 with bytes no Opus reader can take: 1007 naming the cause, the slot free at once."""

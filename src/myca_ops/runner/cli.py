@@ -3,7 +3,7 @@
     myca-ops deploy ENV [--check] [-e k=v]
     myca-ops verify ENV
     myca-ops status ENV
-    myca-ops loadtest ENV [--callers N] [--seconds T]
+    myca-ops loadtest ENV [--callers N] [--seconds T] [--from HOST,...]
     (each also takes --limit HOSTS, --tags T,.., --json, and the passwords:
      -K/--ask-become-pass or --become-password-file F, -J/--ask-vault-pass or --vault-password-file F)
 
@@ -158,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "loadtest":
             cmd.add_argument("--callers", type=int, help="callers at once (default: the pool's slots)")
             cmd.add_argument("--seconds", type=float, default=10, help="seconds of speech each caller sends")
+            cmd.add_argument(
+                "--from",
+                dest="callers_from",
+                metavar="HOST,...",
+                help="the hosts that run the callers, each a share (default: the first GPU host)",
+            )
     args = parser.parse_args(argv)
 
     extravars = {}
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         extravars["loadtest_seconds"] = args.seconds
         if args.callers is not None:
             extravars["loadtest_callers"] = args.callers
+        if args.callers_from:
+            extravars["loadtest_from"] = [h for h in args.callers_from.split(",") if h]
     for item in getattr(args, "extra_var", []):
         key, sep, value = item.partition("=")
         if not sep:

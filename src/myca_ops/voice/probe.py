@@ -40,6 +40,7 @@ LEAD_S = 0.24  # audio the server never answers: its first input frame and the L
 MAX_FIRST_AUDIO_MS = 1000  # Kyutai: 160 ms in theory, about 200 ms in practice
 OWN_LAG_LIMIT_MS = 20.0  # a caller whose sends run a page late is measuring itself, not the server
 OUTCOMES = ("real-time", "late", "cut off", "refused", "caller lagged")
+MOMENTS = ("start_s", "handshake_s", "stream_s", "first_audio_s", "end_s")  # a load test's one clock
 
 
 def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0):
@@ -216,7 +217,7 @@ async def probe(
     import sphn
 
     result: dict = {"url": url, "seconds": seconds, "error": None}
-    start, connect_at = time.perf_counter(), time.monotonic()
+    start, connect_at = time.perf_counter(), time.time()
     try:
         async with chat_session(url, connect_timeout, cafile, verify_tls, token, ticket, origin) as ws:
             result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
@@ -227,20 +228,22 @@ async def probe(
         result.update(error=str(exc), close_code=exc.code, close_reason=exc.reason, waited_ms=waited)
     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
         result["error"] = f"cannot talk to {url}: {type(exc).__name__}: {exc}"
-    result["clock"] = {"connect": connect_at, **result.get("clock", {}), "end": time.monotonic()}
+    result["clock"] = {"connect": connect_at, **result.get("clock", {}), "end": time.time()}
     return result
 
 
-def _crowd_caller(ready, results, i: int, url: str, seconds: float, stagger_s: float, kwargs: dict) -> None:
+def _crowd_caller(ready, results, i: int, url: str, seconds: float, stagger_s: float, start_at, kwargs: dict) -> None:
     """One load-test caller, in a process of its own: it starts `i * stagger_s` after every caller
-    is ready (imports done), so the callers keep their order however slowly processes start."""
+    is ready (imports done), or after `start_at` (a wall-clock time every host of a load test
+    shares), so the callers keep their order however slowly processes start."""
     try:
         import aiohttp  # noqa: F401  (imported before the start line, not on the caller's clock)
         import numpy  # noqa: F401
         import sphn  # noqa: F401
 
         ready.wait(timeout=120)
-        time.sleep(i * stagger_s)
+        start = (time.time() if start_at is None else start_at) + i * stagger_s
+        time.sleep(max(0.0, start - time.time()))
         result = asyncio.run(probe(url, seconds, **kwargs))
         result["caller"] = i
     except Exception as exc:  # a caller that breaks is a result, never a hung load test
@@ -248,12 +251,14 @@ def _crowd_caller(ready, results, i: int, url: str, seconds: float, stagger_s: f
     results.put(result)
 
 
-def on_one_clock(results) -> None:
-    """Each caller's moments as seconds since the first caller connected: ``start_s`` (it connected),
-    ``handshake_s``, ``first_audio_s``, ``end_s`` (None when it did not get there).  The callers'
-    processes share the system's monotonic clock, so one caller's moment compares with another's."""
+def on_one_clock(results, epoch: float | None = None) -> float:
+    """Each caller's moments as seconds since `epoch` (default: the first caller's connect):
+    ``start_s`` (it connected), ``handshake_s``, ``first_audio_s``, ``end_s`` (None when it did not
+    get there).  The moments are wall-clock times, which the callers' processes share, and hosts
+    too when their clocks are synchronised (NTP).  Returns the epoch."""
     clocks = [r.pop("clock", None) or {} for r in results]
-    epoch = min((c["connect"] for c in clocks if "connect" in c), default=0.0)
+    if epoch is None:
+        epoch = min((c["connect"] for c in clocks if "connect" in c), default=0.0)
     for result, clock in zip(results, clocks, strict=True):
 
         def since(at):
@@ -269,27 +274,39 @@ def on_one_clock(results) -> None:
             first_audio_s=since(first_audio),
             end_s=since(clock.get("end")),
         )
+    return epoch
 
 
-def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwargs) -> dict:
+def crowd(
+    url: str,
+    callers: int,
+    seconds: float,
+    stagger_s: float = 0.5,
+    first: int = 0,
+    start_at: float | None = None,
+    **kwargs,
+) -> dict:
     """`callers` probes at once, each starting `stagger_s` after the one before: who was served in
     real time, late, cut off (the server closed mid-talk) or refused (no handshake).
 
     Each caller runs in a process of its own: one process decoding many Opus streams falls
-    behind its own clock and reports the server late (measured: docs/PERFORMANCE.md)."""
+    behind its own clock and reports the server late (measured: docs/PERFORMANCE.md).  Spread
+    over hosts, each host runs a share: callers numbered from `first`, caller i starting at
+    `start_at` (a wall-clock time all hosts share) plus i * `stagger_s`; :func:`merge` joins them."""
     import multiprocessing
     import queue
 
     ready, results = multiprocessing.Barrier(callers), multiprocessing.Queue()
     procs = [
         multiprocessing.Process(
-            target=_crowd_caller, args=(ready, results, i, url, seconds, stagger_s, kwargs), daemon=True
+            target=_crowd_caller, args=(ready, results, i, url, seconds, stagger_s, start_at, kwargs), daemon=True
         )
-        for i in range(callers)
+        for i in range(first, first + callers)
     ]
     for proc in procs:
         proc.start()
-    deadline = time.monotonic() + 120 + callers * stagger_s + seconds * 3
+    late_start = max(0.0, (start_at or time.time()) - time.time()) + (first + callers) * stagger_s
+    deadline = time.monotonic() + 120 + late_start + seconds * 3
     collected: dict[int, dict] = {}
     while len(collected) < callers and time.monotonic() < deadline:
         finished = not any(proc.is_alive() for proc in procs)
@@ -304,10 +321,27 @@ def crowd(url: str, callers: int, seconds: float, stagger_s: float = 0.5, **kwar
         proc.join(timeout=5)
         if proc.is_alive():
             proc.kill()
-    for i in range(callers):  # a caller process that died or hung (killed above)
+    numbers = range(first, first + callers)
+    for i in numbers:  # a caller process that died or hung (killed above)
         collected.setdefault(i, {"url": url, "caller": i, "error": f"caller {i} gave no result"})
-    on_one_clock(collected.values())
-    return summarise(url, [collected[i] for i in range(callers)])
+    epoch = on_one_clock(collected.values())
+    return {**summarise(url, [collected[i] for i in numbers]), "epoch": epoch}
+
+
+def merge(loads: list[dict]) -> dict:
+    """One load test from the shares several hosts ran (:func:`crowd` with `first` and `start_at`):
+    the callers in order, their moments on one clock (the earliest share's epoch), one summary."""
+    if not loads:
+        raise ValueError("no load test shares to merge")
+    epoch = min(load["epoch"] for load in loads)
+    callers = []
+    for load in loads:
+        shift = load["epoch"] - epoch
+        for caller in load["callers"]:
+            moments = {k: round(caller[k] + shift, 3) for k in MOMENTS if caller.get(k) is not None}
+            callers.append({**caller, **moments})
+    callers.sort(key=lambda caller: caller["caller"])
+    return {**summarise(loads[0]["url"], callers), "epoch": epoch, "shares": len(loads)}
 
 
 def summarise(url: str, results: list[dict], health=None) -> dict:
@@ -395,7 +429,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = 
     arrivals: list[tuple[float, int]] = []  # (seconds since first send, samples at 24 kHz)
     texts: list[str] = []
     other_kinds: dict[int, int] = {}
-    t0, cpu0, stream_at = time.perf_counter(), time.process_time(), time.monotonic()
+    t0, cpu0, stream_at = time.perf_counter(), time.process_time(), time.time()
 
     closed: list = []  # (code, reason) when the server ends the session first
 
@@ -473,7 +507,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = 
         "probe_cpu_ms": round(cpu_s * 1000, 1),  # this process, while streaming (sending, receiving, decoding)
         "own_lag_ms": summary(lateness, 1),
         "timing_only": timing_only,
-        "clock": {"stream": stream_at},  # the system's monotonic clock, shared by a load test's processes
+        "clock": {"stream": stream_at},  # wall clock: a load test's processes (and hosts) share it
     }
 
 
@@ -500,13 +534,17 @@ def main(argv: list[str] | None = None) -> int:
         "--timing-only", action="store_true", help="count what comes back from Ogg granules, do not decode it"
     )
     parser.add_argument("--origin", help="the page's Origin, sent as a browser does (with a ticket)")
+    parser.add_argument("--first", type=int, default=0, help="a load test's share: the number of its first caller")
+    parser.add_argument(
+        "--start-at", type=float, help="a load test's share: when caller 0 starts (wall clock, seconds since 1970)"
+    )
     args = parser.parse_args(argv)
     # Credentials from the environment: argv is visible to every user.
     token = os.environ.get("MYCA_PROBE_TOKEN") or None
     ticket = os.environ.get("MYCA_PROBE_TICKET") or None
     if args.callers is not None:
         tls = {"cafile": args.cafile, "verify_tls": not args.insecure, "token": token, "timing_only": args.timing_only}
-        result = crowd(args.url, args.callers, args.seconds, args.stagger, **tls)
+        result = crowd(args.url, args.callers, args.seconds, args.stagger, args.first, args.start_at, **tls)
         print(json.dumps(result, indent=2))
         return 0
     result = run(
