@@ -1,8 +1,10 @@
-"""The attack battery: hostile callers against the real bridge in front of the real moshi.server.
+"""The attack battery: hostile callers against the real bridge in front of the real moshi.server,
+and against the batched Moshi server for callers that reach it directly.
 
 Every attacker keeps its socket open while a real caller is probed: the caller must get Moshi's
 handshake within 1 s *during* the attack and again after it, and the bridge's resident memory
-must stay under 100 MB.  The table it prints is the one in docs/SECURITY.md:
+must stay under 100 MB (the batched server's, which holds the model, may not grow by more than
+50 MB).  The tables it prints are the ones in docs/SECURITY.md:
 
     .venv/bin/pytest tests/test_edge_battery.py -s
 """
@@ -21,9 +23,10 @@ import aiohttp
 from test_bridge import chat_url, client_frame, raw_websocket
 
 from myca_ops.lab.callers import holding_the_slot, refused_upgrade, rss_mb
-from myca_ops.lab.processes import bridge, echo_upstream, free_port, process
+from myca_ops.lab.processes import batched_moshi, bridge, echo_upstream, free_port, process
 
 RSS_LIMIT_MB = 100
+BATCHED_GROWTH_MB = 50
 SETTINGS = {
     "max_sessions": 1,
     "max_message_bytes": 65536,
@@ -84,18 +87,30 @@ class Attack(abc.ABC):
         self.thread.join(30)
 
 
+def ogg_block(size: int = 60_000) -> bytes:
+    """Real Ogg/Opus speech pages, as many as fit in `size` bytes (repeated pages still decode)."""
+    import sphn
+
+    from myca_ops.voice.probe import SEND_FRAME, speech_like
+
+    writer, audio = sphn.OpusStreamWriter(24000), speech_like(4.0)
+    pages = b"".join(bytes(writer.append_pcm(audio[i : i + SEND_FRAME])) for i in range(0, len(audio), SEND_FRAME))
+    return (pages * (size // len(pages) + 1))[:size]
+
+
 class StopReading(Attack):
-    """Floods audio until both directions' buffers are full, then reads nothing: no pong."""
+    """Floods real audio (Ogg/Opus speech in 60 KB frames) until both directions' buffers are
+    full, then reads nothing: no pong."""
 
     settle_s = 2.0  # write stall 1 s, checked 4 times a second
 
     def run(self) -> None:
         sock = raw_websocket(self.base)
         sock.setblocking(False)
-        sent = 0
+        frame, sent = client_frame(b"\x01" + ogg_block()), 0
         with contextlib.suppress(BlockingIOError, ConnectionError):
             while sent < 32 * 2**20:
-                sent += sock.send(client_frame(b"\x01" + bytes(60_000)))
+                sent += sock.send(frame)
         self.seen = f"sent {sent / 2**20:.1f} MiB, then read nothing"
         self.stop.wait()
         sock.close()
@@ -139,7 +154,7 @@ class TinyFlood(Attack):
                 sock.sendall(frame)
                 sent += 1000
         except (ConnectionError, TimeoutError, OSError) as exc:
-            self.seen = f"{sent} tiny frames at full speed: {type(exc).__name__} from the bridge"
+            self.seen = f"{sent} tiny frames at full speed: {type(exc).__name__} from the server"
         self.stop.wait()
         sock.close()
 
@@ -184,7 +199,7 @@ class HalfOpen(Attack):
             with contextlib.suppress(TimeoutError, BlockingIOError):
                 closed += s.recv(1) == b""
             s.close()
-        self.seen = f"1,000 connections that never finish their headers: {closed} closed by the bridge"
+        self.seen = f"1,000 connections that never finish their headers: {closed} closed by the server"
 
 
 class Refusals(Attack):
@@ -247,44 +262,68 @@ ATTACKS = [StopReading, Junk, TinyFlood, HugeFrame, HalfOpen, Refusals]
 QUICK = [healthz_burst, reconnects]  # over before the probe: probed after
 
 
-def test_the_battery(tmp_path, moshi_server):
+def battery(base: str, pid: int, what: str) -> list[tuple]:
+    """Every attack against the server at `base` (process `pid`), a real caller probed during and
+    after each: the rows of the table, printed."""
+    rows = []
+    start_rss = rss_mb(pid)
+    for attack in ATTACKS:
+        with attack(base) as running:
+            during = asyncio.run(handshake_ms(base))
+            rss = rss_mb(pid)
+        after = asyncio.run(handshake_ms(base))
+        rows.append((attack.__name__, running.seen, during, after, max(rss, rss_mb(pid))))
+    for quick in QUICK:
+        seen = quick(base)
+        after = asyncio.run(handshake_ms(base))
+        rows.append((quick.__name__, seen, after, after, rss_mb(pid)))
+    print(f"\n{what}: RSS at start {start_rss:.0f} MB")
+    print(f"{'attack':<14} {'what was seen':<84} {'during':>9} {'after':>9} {'RSS':>7}")
+    for name, seen, during, after, rss in rows:
+        ms = [f"{v:.0f} ms" if v is not None else "none" for v in (during, after)]
+        print(f"{name:<14} {seen:<84} {ms[0]:>9} {ms[1]:>9} {rss:>4.0f} MB")
+    for name, seen, during, after, _ in rows:
+        assert during is not None and during < 1000, f"{name}: {seen}; a caller during it waited {during} ms"
+        assert after is not None and after < 1000, f"{name}: {seen}; the next caller waited {after} ms"
+    seen = {name: text for name, text, *_ in rows}
+    assert "idle: no audio" in seen["Junk"]
+    assert "from the server" in seen["TinyFlood"]
+    assert seen["HugeFrame"].endswith(("closed with 1009", "connection reset"))
+    assert seen["HalfOpen"].endswith("1000 closed by the server")
+    assert seen["Refusals"].endswith("close codes {1013: 2000}")
+    assert seen["healthz_burst"].endswith("50 answered 200")
+    assert seen["reconnects"].endswith(": 0 told busy")
+    return [(name, start_rss, rss) for name, _, _, _, rss in rows]
+
+
+def test_the_battery_against_the_bridge(tmp_path, moshi_server):
     port = free_port()
     config = tmp_path / "bridge.json"
     config.write_text(
         json.dumps({"listen_host": "127.0.0.1", "listen_port": port, "upstream": moshi_server[0], **SETTINGS})
     )
     argv = [sys.executable, "-m", "myca_ops.bridge", "serve", "--config", str(config)]
-    rows = []
-    with process(argv, port, tmp_path / "bridge.log") as bridge:
-        base = f"http://127.0.0.1:{port}"
-        start_rss = rss_mb(bridge.pid)
-        for attack in ATTACKS:
-            with attack(base) as running:
-                during = asyncio.run(handshake_ms(base))
-                rss = rss_mb(bridge.pid)
-            after = asyncio.run(handshake_ms(base))
-            rows.append((attack.__name__, running.seen, during, after, max(rss, rss_mb(bridge.pid))))
-        for quick in QUICK:
-            seen = quick(base)
-            after = asyncio.run(handshake_ms(base))
-            rows.append((quick.__name__, seen, after, after, rss_mb(bridge.pid)))
-    print(f"\nbridge RSS at start {start_rss:.0f} MB; limit {RSS_LIMIT_MB} MB")
-    print(f"{'attack':<14} {'what was seen':<84} {'during':>9} {'after':>9} {'RSS':>7}")
-    for name, seen, during, after, rss in rows:
-        ms = [f"{v:.0f} ms" if v is not None else "none" for v in (during, after)]
-        print(f"{name:<14} {seen:<84} {ms[0]:>9} {ms[1]:>9} {rss:>4.0f} MB")
-    for name, seen, during, after, rss in rows:
-        assert during is not None and during < 1000, f"{name}: {seen}; a caller during it waited {during} ms"
-        assert after is not None and after < 1000, f"{name}: {seen}; the next caller waited {after} ms"
+    with process(argv, port, tmp_path / "bridge.log") as server:
+        rows = battery(f"http://127.0.0.1:{port}", server.pid, f"the bridge, limit {RSS_LIMIT_MB} MB")
+    for name, _, rss in rows:
         assert rss < RSS_LIMIT_MB, f"{name}: the bridge grew to {rss:.0f} MB"
-    seen = {name: text for name, text, *_ in rows}
-    assert "idle: no audio" in seen["Junk"]
-    assert "from the bridge" in seen["TinyFlood"]
-    assert seen["HugeFrame"].endswith(("closed with 1009", "connection reset"))
-    assert seen["HalfOpen"].endswith("1000 closed by the bridge")
-    assert seen["Refusals"].endswith("close codes {1013: 2000}")
-    assert seen["healthz_burst"].endswith("50 answered 200")
-    assert seen["reconnects"].endswith(": 0 told busy")
+
+
+def test_the_battery_against_the_batched_server(tmp_path, lab_weights):
+    """The same attacks on the batched server reached directly (its own aiohttp, the same session
+    rules, one slot)."""
+    rules = {
+        "MYCA_MOSHI_SLOTS": "1",
+        "MYCA_MOSHI_WRITE_STALL_S": str(SETTINGS["write_stall_s"]),
+        "MYCA_MOSHI_IDLE_TIMEOUT_S": str(SETTINGS["idle_timeout_s"]),
+        "MYCA_MOSHI_MAX_FRAMES_PER_S": str(SETTINGS["max_frames_per_s"]),
+        "MYCA_MOSHI_HEADER_TIMEOUT_S": str(SETTINGS["header_timeout_s"]),
+    }
+    with batched_moshi(lab_weights, tmp_path / "server.log", **rules) as (server, base):
+        asyncio.run(handshake_ms(base))  # a first session: the model's first-tick allocations are not growth
+        rows = battery(base, server.pid, f"the batched server, growth limit {BATCHED_GROWTH_MB} MB")
+    for name, start, rss in rows:
+        assert rss - start < BATCHED_GROWTH_MB, f"{name}: the batched server grew from {start:.0f} to {rss:.0f} MB"
 
 
 def test_health_calls_open_no_upstream_session(tmp_path, burst=50):

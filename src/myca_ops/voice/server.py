@@ -16,7 +16,8 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
 - A slot is held only by a real caller, for a bounded time, by the bridge's own rules
   (:mod:`myca_ops.sessions`, ``MYCA_MOSHI_WRITE_STALL_S``, ``_IDLE_TIMEOUT_S``, ``_MAX_SESSION_S``,
   ``_MAX_FRAMES_PER_S``): a client that reads nothing, sends no audio, floods, or talks past the
-  limit is ended, for callers that reach the server directly as for those behind the bridge.
+  limit is ended, for callers that reach the server directly as for those behind the bridge; a
+  connection that sends no complete request within ``MYCA_MOSHI_HEADER_TIMEOUT_S`` (10 s) is closed.
 - ``GET /healthz`` answers without a session (:mod:`myca_ops.voice.health` is its contract): 503
   while loading, then 200 with ``status`` ready, full (every slot taken: healthy, but no room), or
   over budget (the ticks of the last minute ran over 80 ms); ``GET /metrics`` is Prometheus text.
@@ -66,6 +67,7 @@ class Settings:
     mode: str = "unknown"  # as the launcher decided it, for /healthz
     device: str = "cuda"
     codec_workers: int = 0  # processes for the sessions' Opus work; 0: on the event loop
+    header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
     rules: Rules = Rules()  # write stall, idle, session limit, frame budget: as the bridge's
 
     @classmethod
@@ -99,6 +101,7 @@ class Settings:
             mode=mode,
             device=where,
             codec_workers=number("MYCA_MOSHI_CODEC_WORKERS", auto_workers),
+            header_timeout_s=seconds("MYCA_MOSHI_HEADER_TIMEOUT_S", 10.0),
             rules=Rules(
                 seconds("MYCA_MOSHI_WRITE_STALL_S", 10.0),
                 seconds("MYCA_MOSHI_IDLE_TIMEOUT_S", 60.0),
@@ -512,4 +515,10 @@ def serve(settings: Settings, build) -> None:
     if settings.ssl_dir:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(os.path.join(settings.ssl_dir, "cert.pem"), os.path.join(settings.ssl_dir, "key.pem"))
-    web.run_app(make_app(VoiceServer(settings, build)), host=settings.host, port=settings.port, ssl_context=context)
+    web.run_app(
+        make_app(VoiceServer(settings, build)),
+        host=settings.host,
+        port=settings.port,
+        ssl_context=context,
+        keepalive_timeout=settings.header_timeout_s,  # aiohttp times a new connection from its start
+    )
