@@ -148,12 +148,14 @@ class Session:
     buffer_limit: int
     refused: asyncio.Future  # set to (outcome, code, reason) when the caller's audio cannot be read
     sid: int = -1  # the session's Opus streams (Codec)
+    encoding: int = 0  # answer frames with the codec: their room in the queue is kept for them
     dropped: int = 0
 
     def behind(self) -> bool:
         """The client is not reading: its queue is full, or its socket's buffers are."""
         unsent = self.transport.get_write_buffer_size() if self.transport else 0
-        return self.queue.maxsize - self.queue.qsize() < 2 or (self.buffer_limit and unsent > self.buffer_limit)
+        room = self.queue.maxsize - self.queue.qsize() - 2 * self.encoding  # an audio and a text message each
+        return room < 2 or (self.buffer_limit and unsent > self.buffer_limit)
 
     def answer(self, output, metrics: Metrics, codec: Codec) -> None:
         """Encode one answer frame (audio, then its text), or drop it whole when the client is behind.
@@ -166,15 +168,14 @@ class Session:
         text, piece = int(output.tokens[0]), None
         if text not in SILENT_TOKENS and self.tokenizer is not None:  # None: random weights (a benchmark)
             piece = bytes([TEXT]) + self.tokenizer.id_to_piece(text).replace("\u2581", " ").encode()
+        self.encoding += 1
         codec.encode(self.sid, self, output.pcm, piece)
 
-    def send(self, opus: bytes, piece: bytes | None, metrics: Metrics) -> None:
-        """On the event loop: queue an encoded frame and its text (room was checked before encoding;
-        frames encoded meanwhile may have taken it)."""
+    def send(self, opus: bytes, piece: bytes | None) -> None:
+        """On the event loop: queue an encoded frame and its text, in the room kept for them (an
+        encoded page is never dropped: the caller's Ogg stream would break)."""
+        self.encoding -= 1
         for message in ([bytes([AUDIO]) + opus] if opus else []) + ([piece] if piece else []):
-            if self.queue.full():
-                self.drop(metrics)
-                return
             self.queue.put_nowait(message)
 
     def drop(self, metrics: Metrics) -> None:
@@ -223,7 +224,7 @@ class VoiceServer:
         self.codec = Codec(
             self.settings.codec_workers,
             decoded=self.push,
-            encoded=lambda session, opus, piece: session.send(opus, piece, self.metrics),
+            encoded=lambda session, opus, piece: session.send(opus, piece),
             refused=refused,
             loop=self.loop,
             died=fail,
