@@ -4,6 +4,7 @@ the bridge's own code."""
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import jinja2
@@ -116,7 +117,7 @@ SITE_SERVER = r"""
 // The operator's site, in Node.js: a page, and the route handler the website role writes.
 const http = require("node:http");
 const route = require(process.argv[1]);
-const [port, bridge] = [Number(process.argv[2]), process.argv[3]];
+const [port, bridge, expired, foreign] = [Number(process.argv[2]), process.argv[3], process.argv[4], process.argv[5]];
 const page = `<!doctype html><title>call</title><script>
 const talk = (ticket) => new Promise((resolve) => {
   const ws = new WebSocket("${bridge.replace("http", "ws")}/api/chat?ticket=" + ticket);
@@ -136,6 +137,7 @@ window.done = (async () => {
   return JSON.stringify({
     site: await talk(fromSite), replayed: await talk(fromSite),
     bridge: await talk(fromBridge), altered: await talk(fromBridge.slice(0, -4) + "AAAA"),
+    expired: await talk("${expired}"), foreign: await talk("${foreign}"),
   });
 })();
 </script>`;
@@ -155,9 +157,9 @@ http.createServer(async (req, res) => {
 
 def test_a_page_in_chromium_mints_tickets_talks_through_the_bridge_and_is_told_why_when_refused(route_js, tmp_path):
     """Headless Chromium on the operator's site: a ticket from the site's route (Node.js) and one
-    from the bridge's own route each open one session and hear the upstream; the replayed and the
-    altered ticket are closed with their reasons, which a page can read (a refused upgrade would
-    show it only 1006)."""
+    from the bridge's own route each open one session and hear the upstream (the echo's answer
+    comes back as audio through the bridge); a replayed, altered, expired or foreign-origin ticket
+    is closed with its reason, which a page can read (a refused upgrade would show it only 1006)."""
     import asyncio
 
     from report_in_browser import read_page
@@ -170,8 +172,13 @@ def test_a_page_in_chromium_mints_tickets_talks_through_the_bridge_and_is_told_w
         settings = {"upstream": upstream, "ticket_keys": [KEY], "ticket_route": True, "allowed_origins": [site]}
         with bridge(tmp_path, **settings) as base:
             env = {"PATH": "/usr/bin:/bin", "MYCA_VOICE_TICKET_KEY": KEY, "MYCA_VOICE_TICKET_ORIGINS": site}
+            expired = Tickets((KEY,), 60).mint(site, now=time.time() - 600)
+            foreign = Tickets((KEY,), 60).mint("https://other.example")
             server = subprocess.Popen(
-                ["node", "-e", SITE_SERVER, route_js, str(port), base], env=env, stdout=subprocess.PIPE, text=True
+                ["node", "-e", SITE_SERVER, route_js, str(port), base, expired, foreign],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             try:
                 assert server.stdout.readline().strip() == "listening"
@@ -187,3 +194,9 @@ def test_a_page_in_chromium_mints_tickets_talks_through_the_bridge_and_is_told_w
         "reason": "ticket already used: each ticket opens one session",
     }
     assert seen["altered"]["code"] == 4401 and "signature does not verify" in seen["altered"]["reason"], seen
+    assert seen["expired"] == {"heard": 0, "code": 4401, "reason": "ticket expired: mint a new one for each session"}
+    assert seen["foreign"] == {
+        "heard": 0,
+        "code": 4403,
+        "reason": f"ticket was minted for https://other.example, not {site}",
+    }
