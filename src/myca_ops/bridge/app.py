@@ -45,7 +45,7 @@ AUDIO = 1
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
-TOKEN_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
+CREDENTIAL_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
 CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
 PERSONA = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
@@ -216,7 +216,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     try:
         persona = authorize(request, config, state)
     except Refusal as refusal:
-        m.sessions.labels("unauthorized" if refusal.status == 401 else "forbidden").inc()
+        m.sessions.labels({401: "unauthorized", 403: "forbidden"}.get(refusal.status, "busy")).inc()
         if origin is None:  # not a browser: the HTTP answer says it all
             raise http_error(refusal) from None
         # A browser sees only 1006 when an upgrade is refused: it gets one, closed at once with the reason.
@@ -464,10 +464,10 @@ async def per_address_cap(request: web.Request, handler):
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request, with any token in the query string redacted."""
+    """One line per request, with any token or ticket in the query string redacted."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = TOKEN_IN_QUERY.sub(r"\1\2=REDACTED", request.path_qs)
+        path = CREDENTIAL_IN_QUERY.sub(r"\1\2=REDACTED", request.path_qs)
         self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time)
 
 
