@@ -10,7 +10,8 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
   loop reads and sends; each session's Opus decoding and encoding runs in
   ``MYCA_MOSHI_CODEC_WORKERS`` processes (:mod:`myca_ops.voice.codec`; unset: a quarter of the
   cores, at most 8, on a GPU host; 0, on the event loop, on CPU where the model needs the cores).
-- A caller who finds every slot taken is closed at once with 1013 "all N slots busy".
+- A caller who finds every slot taken waits up to 0.1 s for one to be freed (a reload right after
+  a hang-up), then is closed with 1013 "all N slots busy".
 - A client that does not read loses audio, not the others' time: its outgoing queue is
   bounded, and what does not fit is dropped and counted.
 - A slot is held only by a real caller, for a bounded time, by the bridge's own rules
@@ -49,6 +50,7 @@ from myca_ops.voice.stats import percentile
 log = logging.getLogger("myca_ops.voice.server")
 
 HEALTH_WINDOW_S = 60.0
+BUSY_GRACE_S = 0.1  # a caller who finds every slot taken waits this long for one (a reload after a hang-up)
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
 STATE = web.AppKey("state", "VoiceServer")
@@ -215,6 +217,7 @@ class VoiceServer:
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.codec: Codec | None = None  # made on the event loop, before the model loads
+        self.freed = asyncio.Event()  # set (and replaced) each time a slot is freed, on the event loop
 
     def start_codec(self) -> None:
         def refused(session: Session, why: str) -> None:
@@ -304,6 +307,7 @@ class VoiceServer:
         return session
 
     def release(self, session: Session) -> None:
+        """On the event loop: the slot is free for the next caller (one waiting for it included)."""
         with self.lock:
             if self.sessions[session.slot] is session:
                 self.sessions[session.slot] = None
@@ -311,6 +315,22 @@ class VoiceServer:
                 self.inbox.frames[session.slot].clear()
                 self.inbox.first.discard(session.slot)
         self.metrics.slots_used.dec()
+        freed, self.freed = self.freed, asyncio.Event()
+        freed.set()
+
+    async def slot_within(self, make_session, seconds: float) -> Session | None:
+        """A slot freed within `seconds`, or None: a caller who hangs up and calls again at once may
+        arrive before the server has read the end of the old connection."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self.freed.wait(), left)
+            except asyncio.TimeoutError:
+                return None
+            session = self.take_slot(make_session)
+            if session is not None:
+                return session
+        return None
 
     def push(self, session: Session, frames) -> None:
         """Whole 80 ms frames of samples (the codec cuts them) to the model thread."""
@@ -381,7 +401,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         session.sid = server.codec.open(session)
         return session
 
-    session = server.take_slot(make)
+    session = server.take_slot(make) or await server.slot_within(make, BUSY_GRACE_S)
     if session is None:
         m.sessions.labels("busy").inc()
         await close(ws, WSCloseCode.TRY_AGAIN_LATER, f"all {server.engine.slots} slots busy", request.transport)
