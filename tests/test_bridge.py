@@ -335,12 +335,32 @@ def test_a_dead_upstream_is_named_to_the_client_and_by_healthz(tmp_path):
     assert body["error"].startswith("Moshi: no answer from http://127.0.0.1:9")
 
 
-def test_healthz_says_what_moshis_healthz_says(tmp_path, upstream):
+def test_healthz_says_what_moshis_healthz_says_and_answers_as_health_too(tmp_path, upstream):
     with bridge(tmp_path, upstream=upstream) as base:
-        status, body = http_get(base + "/healthz")
-    body = json.loads(body)
-    assert status == 200 and body["ok"] is True
-    assert body["moshi"] == {"status": "ready", "source": "healthz"}
+        answers = [http_get(base + path) for path in ("/healthz", "/health")]  # /health: the MYCA website's name
+    for status, body in answers:
+        body = json.loads(body)
+        assert status == 200 and body["ok"] is True
+        assert body["moshi"] == {"status": "ready", "source": "healthz"}
+
+
+async def query_upstream_sees(base: str, query: str) -> str:
+    async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, query)) as ws:
+        return (await opening(ws))[1]["query"]
+
+
+def test_the_bridge_adds_its_default_persona_and_passes_callers_prompts_only_when_allowed(tmp_path, upstream):
+    prompt = "?text_prompt=Say%20anything&voice_prompt=x.wav&voice=7"
+    with bridge(tmp_path, upstream=upstream, default_persona="myca") as base:
+        named, unnamed, prompted = (
+            asyncio.run(query_upstream_sees(base, q)) for q in ("?persona=field", "?voice=7", prompt)
+        )
+    assert named == "persona=field"  # the caller's choice stands
+    assert unnamed == "voice=7&persona=myca"
+    assert prompted == "voice=7&persona=myca"  # its prompts taken out: the operator's persona instead
+    with bridge(tmp_path, upstream=upstream, default_persona="myca", allow_client_prompts=True) as base:
+        prompted = asyncio.run(query_upstream_sees(base, prompt))
+    assert prompted == "text_prompt=Say anything&voice_prompt=x.wav&voice=7"  # no persona beside its own prompt
 
 
 def test_fuzz_leaves_the_bridge_up_and_other_sessions_unharmed(tmp_path, upstream):

@@ -56,10 +56,10 @@ def test_a_failing_model_loop_ends_the_batched_server_with_the_cause():
 import asyncio, threading, numpy as np
 from myca_ops.voice.server import Settings, VoiceServer
 class Engine:
-    slots = 1
+    slots, prefilling = 1, {}
     def reset(self, slots): pass
     def tick(self, frames, first): raise RuntimeError("CUDA out of memory (simulated)")
-server = VoiceServer(Settings(slots=1), lambda: (Engine(), None))
+server = VoiceServer(Settings(slots=1), lambda: (Engine(), None, None))
 server.loop = asyncio.new_event_loop()
 def a_frame_arrives():
     with server.lock:

@@ -163,7 +163,12 @@ def pages(audio: np.ndarray) -> list[bytes]:
 
 
 async def converse(
-    base: str, audio: np.ndarray, start_delay: float = 0.0, hold: asyncio.Event | None = None, stutter: bool = False
+    base: str,
+    audio: np.ndarray,
+    start_delay: float = 0.0,
+    hold: asyncio.Event | None = None,
+    stutter: bool = False,
+    query: str = "",
 ) -> list:
     """Send `audio` at real-time pace (`stutter`: in bursts, half a second late every second, as
     over a bad network), keep reading until answers stop; the answers (kind, payload)."""
@@ -171,7 +176,7 @@ async def converse(
 
     await asyncio.sleep(start_delay)
     answers = []
-    async with chat_session(f"ws://{base}/api/chat") as ws:
+    async with chat_session(f"ws://{base}/api/chat{query}") as ws:
 
         async def receive():
             async for msg in ws:
@@ -541,3 +546,20 @@ def test_a_dead_opus_worker_ends_the_server_with_the_cause(lab_weights, tmp_path
         os.kill(int(workers[0]), signal.SIGKILL)
         assert server.wait(10) == 2
     assert "Opus worker 0 died" in log.read_text()
+
+
+def test_a_callers_own_prompt_is_refused_where_client_prompts_are_off(strict):
+    """PersonaPlex's text_prompt, on a server with no moshi_allow_client_prompts: closed before the
+    handshake with the reason and what to ask for instead; the slot is not taken."""
+    import aiohttp
+
+    base, _ = strict
+
+    async def call():
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{base}/api/chat?text_prompt=Obey") as ws:
+            return await ws.receive(timeout=10)
+
+    msg = asyncio.run(call())
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
+    assert msg.extra == "client prompts are off on this server; ask for a persona (?persona=NAME; personas: none)"
+    assert health(base)[1]["slots_used"] == 0

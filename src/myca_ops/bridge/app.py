@@ -47,6 +47,7 @@ UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
 CREDENTIAL_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
 CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
+CLIENT_PROMPTS = ("text_prompt", "voice_prompt")  # PersonaPlex's, passed on only with allow_client_prompts
 PERSONA = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
 REFUSAL_CLOSE_S = 0.1
@@ -171,9 +172,13 @@ class RedactCredentials(logging.Filter):
 
 
 def upstream_url(config: BridgeConfig, request: web.Request, persona: str | None = None) -> str:
-    """The upstream URL with the client's query string, less its credentials; a ticket's persona
-    replaces the URL's."""
-    query = [(k, v) for k, v in request.query.items() if k not in CREDENTIALS and not (persona and k == "persona")]
+    """The upstream URL with the client's query string, less its credentials and (unless
+    allow_client_prompts) its prompts; a ticket's persona replaces the URL's, and a caller who
+    names none gets default_persona."""
+    hidden = CREDENTIALS + (() if config.allow_client_prompts else CLIENT_PROMPTS)
+    query = [(k, v) for k, v in request.query.items() if k not in hidden and not (persona and k == "persona")]
+    prompted = any(k in CLIENT_PROMPTS and v for k, v in query)
+    persona = persona or (None if prompted or "persona" in request.query else config.default_persona or None)
     query += [("persona", persona)] if persona else []
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
 
@@ -487,6 +492,7 @@ def make_app(config: BridgeConfig) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/api/chat", chat)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)  # the MYCA website's name for it
     app.router.add_get("/metrics", metrics)
     if config.ticket_route:
         app.router.add_route("POST", "/api/voice/ticket", mint_ticket)

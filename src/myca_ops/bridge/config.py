@@ -61,6 +61,8 @@ class BridgeConfig:
     write_stall_s: float = 10.0
     max_session_s: float = 3600.0  # a session's longest life; the close reason says so
     max_frames_per_s: int = 200  # a session over it is closed (the web client sends 50 pages a second)
+    default_persona: str = ""  # asked of Moshi for a caller whose URL (or ticket) names none
+    allow_client_prompts: bool = False  # else text_prompt/voice_prompt are taken out of the caller's URL
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("ws://", "wss://")):

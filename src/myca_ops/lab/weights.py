@@ -87,6 +87,23 @@ def seed_codebooks(mimi, scale: float = 1e-3) -> None:
             module._initialized.fill_(1)
 
 
+VOICES_DIR = "voices"
+LAB_VOICES = {"myca.wav": 1, "field.wav": 2}  # voice file: the seed of its speech-like audio
+
+
+def write_voices(folder: Path) -> None:
+    """The lab's voice prompts: 2 s of speech-like audio each, 24 kHz mono WAV (a persona's voice)."""
+    import sphn
+
+    from myca_ops.voice.probe import speech_like
+    from myca_ops.voice.protocol import SAMPLE_RATE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, seed in LAB_VOICES.items():
+        if not (folder / name).exists():
+            sphn.write_wav(str(folder / name), speech_like(2.0, seed=seed), SAMPLE_RATE)
+
+
 def generate(
     out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400, context: int | None = None
 ) -> Path:
@@ -95,6 +112,7 @@ def generate(
         recipe["context"] = context
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / RECIPE_FILE
+    write_voices(out / VOICES_DIR)
     if recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe:
         print(f"[weights] {out} is up to date", flush=True)
         return out

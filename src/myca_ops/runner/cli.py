@@ -106,7 +106,8 @@ def summary(result: DeployResult) -> str:
         lines.append(
             f"verify {row['host']}: {row['mode']}, carries {row['capacity']} of {row['slots']} conversations "
             f"(tick p99 {row['step_p99_ms']} ms, budget {row['budget_ms']} ms), "
-            f"first audio {row['first_audio_ms']} ms, {row['underruns']} underruns: {verdict}"
+            f"first audio {row['first_audio_ms']} ms, {row['underruns']} underruns, "
+            f"persona {row.get('persona') or 'none'}: {verdict}"
         )
     for row in verify.get("bridge_hosts", []):
         lines.append(f"verify {row['host']} (bridge): first audio {row['first_audio_ms']} ms: {row['cause']}")

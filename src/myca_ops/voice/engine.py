@@ -9,6 +9,11 @@ Per slot, a tick does what ``moshi.server`` does for its one session: ``mimi.enc
 a session's first frame the encoder is reset (that frame is in the past for the model, its
 codes still go to the LM); ``lm_gen.step``; ``mimi.decode`` once the LM's acoustic delay has
 passed for that slot.  Not thread-safe: one thread calls :meth:`SlotEngine.tick`.
+
+A slot with a persona is first stepped through its :class:`~myca_ops.voice.persona.Prompt` (the
+model's channels forced, no Mimi), in the same ticks as the talking slots and up to
+``prefill_steps`` steps per tick; :meth:`snapshot` keeps the state it ends in (the filled part of
+the KV caches, offsets, token buffers) and :meth:`restore` gives it to the next slot that needs it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,21 @@ class SlotOutput:
     pcm: object | None  # 1920 decoded samples, float32 numpy; None during the delay
 
 
+@dataclass
+class SlotState:
+    """A slot's LM state after a prompt: the filled positions only (see SlotEngine.snapshot)."""
+
+    steps: int
+    rows: dict  # per-slot rows of the state's tensors, by (module, attribute)
+    rings: list  # the KV caches' first `steps` positions
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in [*self.rows.values(), *self.rings])
+
+
 class SlotEngine:
-    def __init__(self, mimi, lm_gen, slots: int, device: str) -> None:
+    def __init__(self, mimi, lm_gen, slots: int, device: str, prefill_steps: int = 4) -> None:
         import torch
 
         self.torch, self.mimi, self.lm_gen, self.slots, self.device = torch, mimi, lm_gen, slots, device
@@ -43,6 +61,10 @@ class SlotEngine:
         self._streaming.enter_context(lm_gen.streaming(slots))
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
+        self.prefill_steps = max(1, prefill_steps)  # a prefilling slot's LM steps per tick
+        self.prefilling: dict[int, list] = {}  # slot: [Prompt, next step, forced tokens on the device]
+        self.prefilled: list[tuple] = []  # (slot, Prompt) whose prompt ended in the last tick
+        self._rows, self._rings = self._slot_tensors()
 
     def state_bytes(self) -> int:
         """Bytes of every tensor in the slots' streaming state (KV caches, codec buffers, token
@@ -64,6 +86,59 @@ class SlotEngine:
         modules = [self.lm_gen, *self.lm_gen.lm_model.modules(), *self.mimi.modules()]
         return sum(size(m._streaming_state) for m in modules if getattr(m, "_streaming_state", None) is not None)
 
+    def _slot_tensors(self) -> tuple[list, list]:
+        """Where the LM's per-slot streaming tensors live, as (holder, attribute): rows (batch
+        first: token buffers, offsets) and the ring KV caches (2, batch, heads, capacity, dim),
+        whose filled positions are 0..steps-1.  Read at each use: moshi replaces some (offsets)."""
+        from moshi.modules.streaming import StreamingModule
+        from moshi.modules.transformer import RingKVCache
+
+        rows, rings = {}, []
+        modules = [self.lm_gen, *(m for m in self.lm_gen.lm_model.modules() if isinstance(m, StreamingModule))]
+        for i, state in enumerate(m._streaming_state for m in modules):
+            for name, value in (vars(state) if state is not None else {}).items():
+                if isinstance(value, RingKVCache):
+                    if value.end_offset.shape[0] != self.slots:
+                        raise ValueError("the LM's KV cache does not keep a position per slot")
+                    rings.append((value, "cache"))
+                    rows[(i, name)] = (value, "end_offset")
+                elif (
+                    name != "exec_mask"
+                    and isinstance(value, self.torch.Tensor)
+                    and value.dim() > 0
+                    and value.shape[0] == self.slots
+                ):
+                    rows[(i, name)] = (state, name)
+        return rows, rings
+
+    def snapshot(self, slot: int) -> SlotState:
+        """The slot's LM state, as a copy on the device: the filled positions only."""
+        n = self.steps[slot]
+        rings = [getattr(holder, name) for holder, name in self._rings]
+        if any(n > ring.shape[3] for ring in rings):
+            raise ValueError(f"slot {slot} has run past the model's context: its state is no prompt any more")
+        return SlotState(
+            n,
+            {key: getattr(holder, name)[slot].clone() for key, (holder, name) in self._rows.items()},
+            [ring[:, slot, :, :n].clone() for ring in rings],
+        )
+
+    def restore(self, slot: int, state: SlotState) -> None:
+        """Give a (reset) slot the state of a snapshot: it goes on exactly as the snapshotted one."""
+        # Keyed: with one slot, tensors shared by all slots (an initial token) look per-slot too.
+        for key, (holder, name) in self._rows.items():
+            if key in state.rows or self.slots > 1:
+                getattr(holder, name)[slot].copy_(state.rows[key])
+        for (holder, name), saved in zip(self._rings, state.rings, strict=True):
+            getattr(holder, name)[:, slot, :, : state.steps].copy_(saved)
+        self.steps[slot] = state.steps
+
+    def prefill(self, slot: int, prompt) -> None:
+        """Step this (reset) slot through `prompt` in the next ticks; it is in `prefilled` after
+        the tick that ends it.  The slot takes no audio meanwhile."""
+        forced = self.torch.from_numpy(prompt.forced).to(self.device)
+        self.prefilling[slot] = [prompt, 0, forced]
+
     def close(self) -> None:
         """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
         self._streaming.close()
@@ -82,26 +157,37 @@ class SlotEngine:
         self.lm_gen.reset_streaming(mask)
         for k in slots:
             self.steps[k] = 0
+            self.prefilling.pop(k, None)
 
     def tick(self, frames: dict, first: set | frozenset = frozenset()) -> tuple[dict, dict]:
-        """Step every slot in `frames` ({slot: 1920 float32 samples}); `first` holds the slots
-        whose frame is their session's first.  Returns ({slot: SlotOutput}, ms per stage)."""
+        """Step every slot in `frames` ({slot: 1920 float32 samples}) and every prefilling slot;
+        `first` holds the slots whose frame is their session's first.  Returns ({slot:
+        SlotOutput} for the slots in `frames`, ms per stage); `prefilled` lists the prompts ended."""
         torch = self.torch
         active = sorted(frames)
+        prefilling = sorted(self.prefilling)
+        if set(active) & set(prefilling):
+            raise ValueError(f"slots {sorted(set(active) & set(prefilling))} are prefilling: they take no audio yet")
+        self.prefilled = []
         batch = torch.zeros(self.slots, 1, FRAME_SAMPLES, dtype=torch.float32)
         for k in active:
             batch[k, 0] = torch.from_numpy(frames[k])
         clock = StageClock(torch, self.cuda)
-        exec_mask = self._mask(active)
-        self.mimi.set_exec_mask(exec_mask)
-        self.lm_gen.set_exec_mask(exec_mask)
-        codes = self.mimi.encode(batch.to(self.device))  # (B, 8, 1)
+        if active:
+            self.mimi.set_exec_mask(self._mask(active))
+            codes = self.mimi.encode(batch.to(self.device))  # (B, 8, 1)
+        else:  # prompts only: no audio to encode
+            lm = self.lm_gen.lm_model
+            codes = torch.zeros(self.slots, lm.n_q - lm.dep_q, 1, dtype=torch.long)
+            codes = codes.to(self.device)
         if first:
             self.mimi.reset_streaming(self._mask(first))
         clock.mark()
-        tokens = self.lm_gen.step(codes)  # (B, 9, 1): ungenerated ids where a slot is masked or delayed
-        for k in active:
-            self.steps[k] += 1
+        tokens = self._lm_step(codes, active)
+        for _ in range(self.prefill_steps - 1):
+            if not self.prefilling:
+                break
+            self._lm_step(codes, [])
         ready = [k for k in active if self.steps[k] > self.max_delay]
         clock.mark()
         pcm = None
@@ -120,6 +206,32 @@ class SlotEngine:
             for k in active
         }
         return out, dict(zip(STAGES, clock.stages_ms(), strict=True))
+
+    def _lm_step(self, codes, talking: list[int]):
+        """One LM step of the talking slots (with their Mimi codes) and the prefilling ones (the
+        caller's channel: the prompt's sine codes); then the prompts' tokens overwrite what the
+        model sampled for its own channels."""
+        prefilling = sorted(self.prefilling)
+        if prefilling:
+            codes = codes.clone()
+            for k in prefilling:
+                codes[k, :, 0] = self.torch.from_numpy(self.prefilling[k][0].user).to(self.device)
+        self.lm_gen.set_exec_mask(self._mask(talking + prefilling))
+        tokens = self.lm_gen.step(codes)  # (B, 9, 1): ungenerated ids where a slot is masked or delayed
+        for k in talking + prefilling:
+            self.steps[k] += 1
+        if prefilling:
+            cache = self.lm_gen._streaming_state.cache
+            width, ring = self.lm_gen.lm_model.dep_q + 1, cache.shape[2]
+            for k in prefilling:
+                entry = self.prefilling[k]
+                forced, position = entry[2][entry[1]], self.steps[k] % ring
+                cache[k, :width, position] = self.torch.where(forced >= 0, forced, cache[k, :width, position])
+                entry[1] += 1
+                if entry[1] == len(entry[2]):
+                    del self.prefilling[k]
+                    self.prefilled.append((k, entry[0]))
+        return tokens
 
 
 class StageClock:

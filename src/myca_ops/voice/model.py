@@ -358,13 +358,20 @@ class Loaded:
         conditions = get_condition_tensors(self.model_type, self.lm, batch_size=batch, cfg_coef=1.0)
         return LMGen(self.lm, condition_tensors=conditions, **self.gen_config)
 
-    def engine(self, slots: int):
+    def engine(self, slots: int, prefill_steps: int = 4):
         """The batched server's engine with `slots` slots, warmed up (CUDA graphs are captured then)."""
         from myca_ops.voice.engine import SlotEngine
 
-        engine = SlotEngine(self.mimi, self.lm_gen(slots), slots, self.device)
+        engine = SlotEngine(self.mimi, self.lm_gen(slots), slots, self.device, prefill_steps)
         warm_up(engine)
         return engine
+
+    def prompts(self, voices_dir: Path | None = None):
+        """What makes persona prompts for this model (the voices in `voices_dir` encoded now, before
+        an engine streams Mimi)."""
+        from myca_ops.voice.persona import Prompts
+
+        return Prompts(self.mimi, self.tokenizer, self.lm.delays, self.lm.context or 0, voices_dir)
 
     def slot_bytes(self) -> int:
         """GPU memory one slot's streaming state takes (KV caches, codec state), measured."""
@@ -377,14 +384,19 @@ class Loaded:
             torch.cuda.synchronize()
             return torch.cuda.memory_allocated() - before
 
-    def slots_for_gpu(self) -> tuple[int, str]:
-        """As many slots as the GPU's free memory holds, keeping GPU_HEADROOM of it free."""
+    def slots_for_gpu(self, prompt_steps: int = 0) -> tuple[int, str]:
+        """As many slots as the GPU's free memory holds, keeping GPU_HEADROOM of it free and room for
+        the personas' kept states (`prompt_steps` positions of a slot's context, all personas)."""
         import torch
 
         free, total = torch.cuda.mem_get_info(torch.device(self.device))
         per_slot = self.slot_bytes()
-        slots = max(1, min(MAX_SLOTS_AUTO, int((free - GPU_HEADROOM * total) // max(per_slot, 1))))
-        return slots, f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured"
+        personas = per_slot * prompt_steps // max(self.lm.context or 1, 1)
+        slots = max(1, min(MAX_SLOTS_AUTO, int((free - personas - GPU_HEADROOM * total) // max(per_slot, 1))))
+        return slots, (
+            f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured, "
+            f"{personas / 2**20:.0f} MiB kept for the personas' states"
+        )
 
 
 def load(env: dict[str, str], random_size: str | None = None) -> Loaded:

@@ -19,6 +19,11 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
   ``_MAX_FRAMES_PER_S``): a client that reads nothing, sends no audio, floods, or talks past the
   limit is ended, for callers that reach the server directly as for those behind the bridge; a
   connection that sends no complete request within ``MYCA_MOSHI_HEADER_TIMEOUT_S`` (10 s) is closed.
+- Personas (:mod:`myca_ops.voice.persona`): ``?persona=NAME`` picks one of
+  ``MYCA_MOSHI_PERSONAS_FILE``, else ``MYCA_MOSHI_DEFAULT_PERSONA`` applies; PersonaPlex's own
+  ``text_prompt``/``voice_prompt`` are taken only with ``MYCA_MOSHI_ALLOW_CLIENT_PROMPTS``.  The
+  slot is stepped through the prompt (or given the persona's kept state) before the handshake
+  byte; an unknown persona or a refused prompt is closed with 1008 and the reason, before it.
 - ``GET /healthz`` answers without a session (:mod:`myca_ops.voice.health` is its contract): 503
   while loading, then 200 with ``status`` ready, full (every slot taken: healthy, but no room), or
   over budget (the ticks of the last minute ran over 80 ms); ``GET /metrics`` is Prometheus text.
@@ -35,6 +40,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -43,7 +49,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from myca_ops.sessions import Liveness, Rules, close, end, watch
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
-from myca_ops.voice.engine import SlotEngine
+from myca_ops.voice.engine import SlotEngine, SlotState
+from myca_ops.voice.persona import Persona, Prompt, Prompts, check_voice_name, parse
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, TEXT
 from myca_ops.voice.stats import percentile
 
@@ -52,6 +59,7 @@ log = logging.getLogger("myca_ops.voice.server")
 HEALTH_WINDOW_S = 60.0
 BUSY_GRACE_S = 0.1  # a caller who finds every slot taken waits this long for one (a reload after a hang-up)
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
+PREFILL_TIMEOUT_S = 60.0  # a prompt slower than this on its way to the handshake is a fault, said in the close
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
 STATE = web.AppKey("state", "VoiceServer")
 
@@ -71,6 +79,13 @@ class Settings:
     codec_workers: int = 0  # processes for the sessions' Opus work; 0: on the event loop
     header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
     rules: Rules = Rules()  # write stall, idle, session limit, frame budget: as the bridge's
+    personas: tuple[Persona, ...] = ()
+    default_persona: str = ""  # given to a caller who names none; "": no prompt at all
+    allow_client_prompts: bool = False  # PersonaPlex's text_prompt/voice_prompt from the query
+    max_prompt_chars: int = 1000
+    persona_warm: bool = True  # each persona's state built at start, not by its first caller
+    prefill_steps: int = 4  # a prefilling slot's model steps per tick
+    voices_dir: str = ""  # the voice files (WAV); "": the weights folder's voices/
 
     @classmethod
     def from_env(cls, env: dict[str, str], mode: str) -> Settings:
@@ -92,6 +107,11 @@ class Settings:
             return value
 
         where = model.device(env)
+        personas = parse(persona_file(env.get("MYCA_MOSHI_PERSONAS_FILE", "")))
+        default = env.get("MYCA_MOSHI_DEFAULT_PERSONA", "")
+        if default and default not in personas:
+            known = ", ".join(personas) or "none"
+            raise ValueError(f"MYCA_MOSHI_DEFAULT_PERSONA is {default!r}, not a configured persona (personas: {known})")
         auto_workers = min(8, max(1, (os.cpu_count() or 1) // 4)) if where.startswith("cuda") else 0
         return cls(
             host=env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
@@ -110,7 +130,26 @@ class Settings:
                 seconds("MYCA_MOSHI_MAX_SESSION_S", 3600.0),
                 number("MYCA_MOSHI_MAX_FRAMES_PER_S", 200),
             ).check(),
+            personas=tuple(personas.values()),
+            default_persona=default,
+            allow_client_prompts=model.switch(env, "MYCA_MOSHI_ALLOW_CLIENT_PROMPTS"),
+            max_prompt_chars=number("MYCA_MOSHI_MAX_PROMPT_CHARS", 1000),
+            persona_warm=model.switch(env, "MYCA_MOSHI_PERSONA_WARM", True),
+            prefill_steps=max(1, number("MYCA_MOSHI_PREFILL_STEPS", 4)),
+            voices_dir=env.get("MYCA_MOSHI_VOICES_DIR", "") or str(model.weights_dir(env) / "voices"),
         )
+
+
+def persona_file(path: str) -> str:
+    """The personas' JSON (the moshi role writes it from moshi_personas); "" when none is set."""
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(
+            f"MYCA_MOSHI_PERSONAS_FILE: cannot read {path} ({exc.strerror}); re-run the moshi role"
+        ) from None
 
 
 class Metrics:
@@ -130,7 +169,18 @@ class Metrics:
         self.slots_used = Gauge("myca_moshi_slots_in_use", "Slots holding a session", registry=r)
         self.slots_total = Gauge("myca_moshi_slots", "Slots this server has", registry=r)
         self.sessions = Counter("myca_moshi_sessions", "Sessions by outcome", ["outcome"], registry=r)
-        for refused in ("busy", "loading"):  # at 0 from the start: Prometheus's increase() sees the first refusal
+        self.handshake = Histogram(
+            "myca_moshi_handshake_seconds",
+            "From a slot taken to the handshake byte, by how the prompt was made",
+            ["prompt"],
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        for refused in (
+            "busy",
+            "loading",
+            "refused",
+        ):  # at 0 from the start: Prometheus's increase() sees the first refusal
             self.sessions.labels(refused)
         self.dropped = Counter(
             "myca_moshi_dropped_frames",
@@ -150,6 +200,8 @@ class Session:
     buffer_limit: int
     refused: asyncio.Future  # set to (outcome, code, reason) when the caller's audio cannot be read
     sid: int = -1  # the session's Opus streams (Codec)
+    prompt: Prompt | None = None  # the persona the slot is stepped through before the handshake
+    ready: asyncio.Future | None = None  # set to how the prompt was made ("cache", "prefill") when it is
     encoding: int = 0  # answer frames with the codec: their room in the queue is kept for them
     dropped: int = 0
 
@@ -191,7 +243,7 @@ class Inbox:
 
     frames: list = field(default_factory=list)  # per slot: deque of (samples, when complete)
     first: set = field(default_factory=set)  # slots whose next frame is their session's first
-    resets: set = field(default_factory=set)  # slots to start afresh before their next frame
+    resets: dict = field(default_factory=dict)  # slots to start afresh, with their prompt (or None)
 
 
 def fail(what: str) -> None:
@@ -209,6 +261,9 @@ class VoiceServer:
         self.metrics = Metrics()
         self.engine: SlotEngine | None = None
         self.tokenizer = None
+        self.prompts: Prompts | None = None
+        self.personas: dict[str, Prompt] = {}
+        self.states: dict[tuple, SlotState] = {}  # a configured persona's state after its prompt
         self.sessions: list[Session | None] = []
         self.generation: list[int] = []
         self.lock = threading.Condition()
@@ -238,7 +293,11 @@ class VoiceServer:
     # --- Loading and the model thread ---------------------------------------------------
     def load(self) -> None:
         try:
-            self.engine, self.tokenizer = self.build()
+            engine, self.tokenizer, self.prompts = self.build()
+            self.personas = {p.name: self.prompts.make(p.text, p.voice, p.name) for p in self.settings.personas}
+            if self.settings.persona_warm:
+                self.warm_personas(engine)
+            self.engine = engine  # loaded: /healthz says so, callers are taken
         except Exception:
             fail("loading the model failed")
         slots = self.engine.slots
@@ -246,30 +305,71 @@ class VoiceServer:
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
         self.metrics.slots_total.set(slots)
-        log.info("ready: %d slot(s), mode %s on %s", slots, self.settings.mode, self.settings.device)
+        log.info(
+            "ready: %d slot(s), mode %s on %s, personas: %s",
+            slots,
+            self.settings.mode,
+            self.settings.device,
+            ", ".join(f"{n} ({p.steps} steps)" for n, p in self.personas.items()) or "none",
+        )
         try:
             self.run_model()
         except Exception:  # a CUDA error or out of memory: every session would wait forever
             fail("the model loop failed")
 
+    def warm_personas(self, engine: SlotEngine) -> None:
+        """Each persona's state, built in slot 0 before any caller comes (then slot 0 is reset)."""
+        for name, prompt in self.personas.items():
+            started = time.monotonic()
+            engine.reset([0])
+            engine.prefill(0, prompt)
+            while engine.prefilling:
+                engine.tick({})
+            self.states[prompt.key] = engine.snapshot(0)
+            log.info(
+                "persona %s: %d steps in %.2f s, state %.1f MiB",
+                name,
+                prompt.steps,
+                time.monotonic() - started,
+                self.states[prompt.key].nbytes / 2**20,
+            )
+        engine.reset([0])
+
     def run_model(self) -> None:
         engine, inbox = self.engine, self.inbox
         while True:
             with self.lock:
-                while not self.stopping and not any(inbox.frames):
+                while not self.stopping and not any(inbox.frames) and not inbox.resets and not engine.prefilling:
                     self.lock.wait()
                 if self.stopping:
                     return
-                resets, inbox.resets = inbox.resets, set()
-                taken = {k: q.popleft() for k, q in enumerate(inbox.frames) if q}
+                resets, inbox.resets = inbox.resets, {}
+                taken = {k: q.popleft() for k, q in enumerate(inbox.frames) if q and k not in resets}
                 first = inbox.first & set(taken)
                 inbox.first -= first
                 generations = list(self.generation)
-            engine.reset(resets)
-            outputs, stages = engine.tick({k: samples for k, (samples, _) in taken.items()}, first)
-            done = time.monotonic()
-            self.record(stages, done, [done - complete for _, complete in taken.values()])
-            self.loop.call_soon_threadsafe(self.deliver, outputs, generations)
+            engine.reset(list(resets))
+            ready = []
+            for k, prompt in resets.items():
+                if prompt is None:
+                    continue
+                if prompt.key in self.states:
+                    engine.restore(k, self.states[prompt.key])
+                    ready.append((k, "cache"))
+                else:
+                    engine.prefill(k, prompt)
+            if taken or engine.prefilling:
+                outputs, stages = engine.tick({k: samples for k, (samples, _) in taken.items()}, first)
+                for k, prompt in engine.prefilled:
+                    if prompt.label in self.personas and prompt.key not in self.states:
+                        self.states[prompt.key] = engine.snapshot(k)
+                    ready.append((k, "prefill"))
+                if taken:
+                    done = time.monotonic()
+                    self.record(stages, done, [done - complete for _, complete in taken.values()])
+                    self.loop.call_soon_threadsafe(self.deliver, outputs, generations)
+            if ready:
+                self.loop.call_soon_threadsafe(self.announce, ready, generations)
 
     def record(self, stages: dict, done: float, waits: list[float]) -> None:
         m = self.metrics
@@ -292,6 +392,52 @@ class VoiceServer:
             if session is not None and session.generation == generations[k]:
                 session.answer(output, self.metrics, self.codec)
 
+    def announce(self, ready: list, generations: list[int]) -> None:
+        """On the event loop: these slots' prompts are in; their sessions may send the handshake."""
+        for k, how in ready:
+            session = self.sessions[k]
+            if session is not None and session.generation == generations[k] and not session.ready.done():
+                session.ready.set_result(how)
+
+    # --- Personas -----------------------------------------------------------------------------
+    def prompt_for(self, query) -> tuple[Prompt | None, str]:
+        """The prompt a caller's query asks for (or the default persona's), or why it is refused."""
+        s = self.settings
+        text, voice = query.get("text_prompt", "").strip(), query.get("voice_prompt", "").strip()
+        name = query.get("persona", "").strip()
+        known = ", ".join(self.personas) or "none"
+        if text or voice:
+            if not s.allow_client_prompts:
+                return (
+                    None,
+                    f"client prompts are off on this server; ask for a persona (?persona=NAME; personas: {known})",
+                )
+            if name:
+                return None, "give a persona or text_prompt/voice_prompt, not both"
+            if len(text) > s.max_prompt_chars:
+                return None, f"text_prompt has {len(text)} characters, at most {s.max_prompt_chars} are taken"
+            try:
+                return self.prompts.make(text or " ", voice and check_voice_name(voice) or None, "client prompt"), ""
+            except ValueError as exc:
+                return None, str(exc)
+        name = name or s.default_persona
+        if not name:
+            return None, ""
+        if name not in self.personas:
+            return None, f"unknown persona {name[:64]!r} (personas: {known})"
+        return self.personas[name], ""
+
+    def persona_health(self) -> dict:
+        out = {}
+        for name, prompt in self.personas.items():
+            state = self.states.get(prompt.key)
+            out[name] = {
+                "steps": prompt.steps,
+                "cached": state is not None,
+                "state_mib": None if state is None else round(state.nbytes / 2**20, 2),
+            }
+        return out
+
     # --- Slots ------------------------------------------------------------------------------
     def take_slot(self, make_session) -> Session | None:
         with self.lock:
@@ -301,8 +447,9 @@ class VoiceServer:
             self.generation[free] += 1
             session = self.sessions[free] = make_session(free, self.generation[free])
             self.inbox.frames[free].clear()
-            self.inbox.resets.add(free)
+            self.inbox.resets[free] = session.prompt
             self.inbox.first.add(free)
+            self.lock.notify()
         self.metrics.slots_used.inc()
         return session
 
@@ -337,8 +484,8 @@ class VoiceServer:
         whole = len(frames) // FRAME_SAMPLES
         now, dropped = time.monotonic(), 0
         with self.lock:
-            if self.sessions[session.slot] is not session:
-                return
+            if self.sessions[session.slot] is not session or not session.ready.done():
+                return  # gone, or still in its prompt: nothing is heard before the handshake
             queue = self.inbox.frames[session.slot]
             for i in range(whole):
                 if len(queue) < MAX_QUEUED_FRAMES:
@@ -369,6 +516,9 @@ class VoiceServer:
                 "window_s": HEALTH_WINDOW_S,
             },
             "budget_ms": FRAME_BUDGET_MS,
+            "personas": self.persona_health(),
+            "default_persona": self.settings.default_persona or None,
+            "client_prompts": self.settings.allow_client_prompts,
         }
         if self.engine is None:
             body.update(ok=False, status="loading")
@@ -393,13 +543,26 @@ async def chat(request: web.Request) -> web.StreamResponse:
         await close(ws, WSCloseCode.TRY_AGAIN_LATER, "the model is still loading", request.transport)
         return ws
 
+    prompt, refusal = server.prompt_for(request.query)
+    if refusal:
+        m.sessions.labels("refused").inc()
+        log.info("session refused: %s", refusal)
+        await close(ws, WSCloseCode.POLICY_VIOLATION, refusal, request.transport)
+        return ws
+
     def make(slot: int, generation: int) -> Session:
-        queue, refused = asyncio.Queue(settings.send_queue), asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        queue, refused, ready = asyncio.Queue(settings.send_queue), loop.create_future(), loop.create_future()
         session = Session(
             slot, generation, queue, server.tokenizer, request.transport, settings.send_buffer_bytes, refused
         )
+        session.prompt, session.ready = prompt, ready
+        if prompt is None:
+            ready.set_result("none")
         session.sid = server.codec.open(session)
         return session
+
+    asked = time.monotonic()
 
     session = server.take_slot(make) or await server.slot_within(make, BUSY_GRACE_S)
     if session is None:
@@ -412,15 +575,18 @@ async def chat(request: web.Request) -> web.StreamResponse:
     peer = request.remote or ""
     log.info("session in slot %d from %s", session.slot, peer)
     seen = Liveness(settings.rules)
-    tasks = {
-        asyncio.create_task(send_loop(ws, session.queue)),
-        asyncio.create_task(receive_loop(ws, server, session, seen)),
-        asyncio.create_task(watch(ws, seen)),
-        session.refused,
-    }
+    tasks: set = set()
     outcome, code, reason = "error", WSCloseCode.GOING_AWAY, "connection lost"
     try:
-        await ws.send_bytes(bytes([HANDSHAKE]))
+        how = await asyncio.wait_for(session.ready, PREFILL_TIMEOUT_S)
+        m.handshake.labels(how).observe(time.monotonic() - asked)
+        await ws.send_bytes(bytes([HANDSHAKE]))  # the first thing the caller gets, before any ping
+        tasks = {
+            asyncio.create_task(send_loop(ws, session.queue)),
+            asyncio.create_task(receive_loop(ws, server, session, seen)),
+            asyncio.create_task(watch(ws, seen)),
+            session.refused,
+        }
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         ended = done.pop()
         failure = None if ended.cancelled() else ended.exception()
@@ -431,6 +597,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             outcome, code, reason = ended.result()
     except (ConnectionError, aiohttp.ClientError):
         pass
+    except asyncio.TimeoutError:
+        outcome, code, reason = (
+            "error",
+            WSCloseCode.TRY_AGAIN_LATER,
+            f"the persona's prompt took over {PREFILL_TIMEOUT_S:.0f} s",
+        )
     finally:
         server.release(session)  # the slot is free before any close handshake
         server.codec.close(session.sid)
@@ -520,11 +692,15 @@ def builder(settings: Settings, env: dict[str, str]):
     def build():
         log.info("loading mimi and moshi on %s", settings.device)
         loaded = model.load(env)
+        prompts = loaded.prompts(Path(settings.voices_dir))
         slots = settings.slots
         if not slots:
-            slots, how = loaded.slots_for_gpu() if settings.device.startswith("cuda") else (1, "CPU")
+            made = [prompts.make(p.text, p.voice, p.name) for p in settings.personas]
+            slots, how = (
+                loaded.slots_for_gpu(sum(p.steps for p in made)) if settings.device.startswith("cuda") else (1, "CPU")
+            )
             log.info("slots: %d (%s)", slots, how)
-        return loaded.engine(slots), loaded.tokenizer
+        return loaded.engine(slots, settings.prefill_steps), loaded.tokenizer, prompts
 
     return build
 
