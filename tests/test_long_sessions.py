@@ -23,15 +23,22 @@ SHORT_FROM = 2 * CONTEXT + 40  # ...held while the long slot is past its second 
 
 
 @pytest.fixture(scope="module")
-def small_context(lab_weights, tmp_path_factory):
+def context_100(lab_weights, tmp_path_factory):
     """The lab weights (RoPE: no learned positions, so any context fits them) with context 100."""
     folder = tmp_path_factory.mktemp("context-100")
-    for name in (model.MOSHI_FILE, model.MIMI_FILE, model.TOKENIZER_FILE):
+    for name in (model.MOSHI_FILE, model.MIMI_FILE, model.TOKENIZER_FILE, "voices"):
         (folder / name).symlink_to(lab_weights / name)
     config = json.loads((lab_weights / model.CONFIG_FILE).read_text())
     assert config["context"] > CONTEXT  # the test means something only if this cuts it
     (folder / model.CONFIG_FILE).write_text(json.dumps({**config, "context": CONTEXT}))
-    return model.load({"MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_WEIGHTS_DIR": str(folder), "MYCA_MOSHI_GREEDY": "1"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_context(context_100):
+    return model.load(
+        {"MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_WEIGHTS_DIR": str(context_100), "MYCA_MOSHI_GREEDY": "1"}
+    )
 
 
 def frames(audio: np.ndarray, count: int) -> list[np.ndarray]:
@@ -95,3 +102,55 @@ def test_a_slot_keeps_answering_through_three_wraps_with_flat_memory_and_a_neigh
         if solo.tokens is not None:
             assert np.array_equal(beside.tokens, solo.tokens), f"frame {i}: tokens differ"
             assert np.abs(beside.pcm - solo.pcm).max() < 1e-5, f"frame {i}: audio differs"
+
+
+def test_a_persona_session_that_fills_the_context_ends_with_the_reason_when_asked_to(context_100, tmp_path):
+    """moshi_past_context: end. A persona of about 30 steps in a context of 100: after about 70
+    frames (5.6 s) of talk the session is closed, normally, with the reason; the slot is free."""
+    import asyncio
+    import contextlib
+    import time
+
+    import aiohttp
+    from test_voice_server import health, pages
+
+    from myca_ops.lab.processes import batched_moshi
+    from myca_ops.voice.probe import chat_session
+
+    personas = tmp_path / "personas.json"
+    personas.write_text(json.dumps([{"name": "myca", "text": "You are MYCA."}]))
+    settings = {
+        "MYCA_MOSHI_SLOTS": "1",
+        "MYCA_MOSHI_PERSONAS_FILE": str(personas),
+        "MYCA_MOSHI_DEFAULT_PERSONA": "myca",
+        "MYCA_MOSHI_PAST_CONTEXT": "end",
+    }
+
+    async def talk(base: str):
+        """Speech in real time until the server closes: (the close, seconds of talk)."""
+        async with chat_session(f"ws://{base}/api/chat") as ws:
+            t0 = time.monotonic()
+
+            async def send():
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    for i, page in enumerate(pages(speech_like(12.0, seed=4))):
+                        await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
+                        await ws.send_bytes(page)
+
+            sender = asyncio.create_task(send())
+            try:
+                while True:
+                    msg = await ws.receive(timeout=15)
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        return msg, time.monotonic() - t0
+            finally:
+                sender.cancel()
+
+    with batched_moshi(context_100, tmp_path / "server.log", **settings) as (_, url):
+        base = url.removeprefix("http://")
+        steps = health(base)[1]["personas"]["myca"]["steps"]
+        msg, seconds = asyncio.run(talk(base))
+        assert health(base)[1]["slots_used"] == 0
+    assert msg.data == 1000
+    assert msg.extra == "the conversation filled the model's context (8 s): call again to go on with myca"
+    assert (CONTEXT - steps) * 0.08 - 0.5 < seconds < 12.0

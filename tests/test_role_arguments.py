@@ -118,3 +118,32 @@ def test_the_mas_needs_an_events_token(tmp_path):
     out = run_role(tmp_path, "mas", "        mas_db_password: a-real-password-here\n")
     assert out.returncode != 0
     assert "mas_events_token must be at least 16 characters (it is 0)" in out.stdout
+
+
+MOSHI_BASE = "        moshi_myca_ops_wheel: /nonexistent.whl\n        moshi_hf_revision: abc123\n"
+
+
+@pytest.mark.parametrize(
+    ("personas", "says"),
+    [
+        (
+            "        moshi_personas: [{name: myca, text: Hi, voice: myca.wav}]\n",
+            "Voice(s) myca.wav of moshi_personas are not among moshi_voices (none): add the WAV files there.",
+        ),
+        (
+            "        moshi_personas: [{name: myca, text: Hi}]\n        moshi_default_persona: pirate\n",
+            "moshi_default_persona is pirate, not one of moshi_personas (myca).",
+        ),
+        ("        moshi_personas: [{name: myca}]\n", "Each persona needs a name and a text"),
+        ("        moshi_personas: [{name: a, text: x}, {name: a, text: y}]\n", "Persona names must differ: a, a"),
+        (
+            "        moshi_personas: [{name: a, text: x}]\n        moshi_server: upstream\n",
+            "moshi_personas are for the batched server",
+        ),
+    ],
+)
+def test_moshi_names_what_is_wrong_with_the_personas_before_installing(tmp_path, personas, says):
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + personas)
+    assert out.returncode != 0
+    assert says in out.stdout, out.stdout[-2000:]
+    assert out.stdout.split("TASK [")[-1].startswith("moshi : Check the personas")  # stopped there, nothing installed

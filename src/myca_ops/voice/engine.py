@@ -12,7 +12,8 @@ passed for that slot.  Not thread-safe: one thread calls :meth:`SlotEngine.tick`
 
 A slot with a persona is first stepped through its :class:`~myca_ops.voice.persona.Prompt` (the
 model's channels forced, no Mimi), in the same ticks as the talking slots and up to
-``prefill_steps`` steps per tick; :meth:`snapshot` keeps the state it ends in (the filled part of
+``prefill_steps`` steps per tick while the tick stays under PREFILL_TICK_MS (every model step
+steps the whole batch: the talking slots must not pay for a prompt); :meth:`snapshot` keeps the state it ends in (the filled part of
 the KV caches, offsets, token buffers) and :meth:`restore` gives it to the next slot that needs it.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from myca_ops.voice.protocol import FRAME_SAMPLES
 
 STAGES = ("encode", "lm_step", "decode")
+PREFILL_TICK_MS = 60.0  # extra prompt steps only while a tick with talking slots stays under this
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SlotEngine:
         self.prefill_steps = max(1, prefill_steps)  # a prefilling slot's LM steps per tick
         self.prefilling: dict[int, list] = {}  # slot: [Prompt, next step, forced tokens on the device]
         self.prefilled: list[tuple] = []  # (slot, Prompt) whose prompt ended in the last tick
+        self.last_tick: tuple[float, float] | None = None  # (ms without extra prompt steps, ms per LM step)
         self._rows, self._rings = self._slot_tensors()
 
     def state_bytes(self) -> int:
@@ -110,6 +113,11 @@ class SlotEngine:
                 ):
                     rows[(i, name)] = (state, name)
         return rows, rings
+
+    @property
+    def context(self) -> int | None:
+        """Steps the LM attends to (its ring KV cache); past them a slot's first steps are forgotten."""
+        return getattr(*self._rings[0]).shape[3] if self._rings else None
 
     def snapshot(self, slot: int) -> SlotState:
         """The slot's LM state, as a copy on the device: the filled positions only."""
@@ -184,10 +192,10 @@ class SlotEngine:
             self.mimi.reset_streaming(self._mask(first))
         clock.mark()
         tokens = self._lm_step(codes, active)
-        for _ in range(self.prefill_steps - 1):
-            if not self.prefilling:
-                break
+        extra = 0
+        while self.prefilling and extra < self.extra_steps(bool(active)):
             self._lm_step(codes, [])
+            extra += 1
         ready = [k for k in active if self.steps[k] > self.max_delay]
         clock.mark()
         pcm = None
@@ -205,7 +213,18 @@ class SlotEngine:
             k: SlotOutput(codes_np[k], tokens_np[k] if k in ready else None, pcm[k] if k in ready else None)
             for k in active
         }
-        return out, dict(zip(STAGES, clock.stages_ms(), strict=True))
+        stages = dict(zip(STAGES, clock.stages_ms(), strict=True))
+        step_ms = stages["lm_step"] / (1 + extra)
+        self.last_tick = (sum(stages.values()) - extra * step_ms, step_ms)
+        return out, stages
+
+    def extra_steps(self, talking: bool) -> int:
+        """Prompt steps a tick may add: all it may when no one talks, else as many as keep the
+        tick under PREFILL_TICK_MS by the last tick's figures (none on a host already over it)."""
+        if not talking or self.last_tick is None:
+            return self.prefill_steps - 1
+        base_ms, step_ms = self.last_tick
+        return max(0, min(self.prefill_steps - 1, int((PREFILL_TICK_MS - base_ms) / max(step_ms, 0.01))))
 
     def _lm_step(self, codes, talking: list[int]):
         """One LM step of the talking slots (with their Mimi codes) and the prefilling ones (the

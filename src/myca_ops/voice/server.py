@@ -51,7 +51,7 @@ from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import SlotEngine, SlotState
 from myca_ops.voice.persona import Persona, Prompt, Prompts, check_voice_name, parse
-from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, TEXT
+from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.stats import percentile
 
 log = logging.getLogger("myca_ops.voice.server")
@@ -59,6 +59,7 @@ log = logging.getLogger("myca_ops.voice.server")
 HEALTH_WINDOW_S = 60.0
 BUSY_GRACE_S = 0.1  # a caller who finds every slot taken waits this long for one (a reload after a hang-up)
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
+PAST_CONTEXT = ("wrap", "end")
 PREFILL_TIMEOUT_S = 60.0  # a prompt slower than this on its way to the handshake is a fault, said in the close
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
 STATE = web.AppKey("state", "VoiceServer")
@@ -85,6 +86,9 @@ class Settings:
     max_prompt_chars: int = 1000
     persona_warm: bool = True  # each persona's state built at start, not by its first caller
     prefill_steps: int = 4  # a prefilling slot's model steps per tick
+    # A session with a persona that reaches the model's context: wrap (talk on; its prompt leaves
+    # the model's window step by step, as moshi.server's would) or end (closed with the reason).
+    past_context: str = "wrap"
     voices_dir: str = ""  # the voice files (WAV); "": the weights folder's voices/
 
     @classmethod
@@ -108,6 +112,9 @@ class Settings:
 
         where = model.device(env)
         personas = parse(persona_file(env.get("MYCA_MOSHI_PERSONAS_FILE", "")))
+        past_context = env.get("MYCA_MOSHI_PAST_CONTEXT", "") or "wrap"
+        if past_context not in PAST_CONTEXT:
+            raise ValueError(f"MYCA_MOSHI_PAST_CONTEXT is {past_context!r}: expected wrap or end (moshi_past_context)")
         default = env.get("MYCA_MOSHI_DEFAULT_PERSONA", "")
         if default and default not in personas:
             known = ", ".join(personas) or "none"
@@ -136,6 +143,7 @@ class Settings:
             max_prompt_chars=number("MYCA_MOSHI_MAX_PROMPT_CHARS", 1000),
             persona_warm=model.switch(env, "MYCA_MOSHI_PERSONA_WARM", True),
             prefill_steps=max(1, number("MYCA_MOSHI_PREFILL_STEPS", 4)),
+            past_context=past_context,
             voices_dir=env.get("MYCA_MOSHI_VOICES_DIR", "") or str(model.weights_dir(env) / "voices"),
         )
 
@@ -344,7 +352,11 @@ class VoiceServer:
                 if self.stopping:
                     return
                 resets, inbox.resets = inbox.resets, {}
-                taken = {k: q.popleft() for k, q in enumerate(inbox.frames) if q and k not in resets}
+                taken = {
+                    k: q.popleft()
+                    for k, q in enumerate(inbox.frames)
+                    if q and k not in resets and k not in engine.prefilling
+                }
                 first = inbox.first & set(taken)
                 inbox.first -= first
                 generations = list(self.generation)
@@ -364,6 +376,10 @@ class VoiceServer:
                     if prompt.label in self.personas and prompt.key not in self.states:
                         self.states[prompt.key] = engine.snapshot(k)
                     ready.append((k, "prefill"))
+                if taken and self.settings.past_context == "end":
+                    full = [k for k in taken if engine.context and engine.steps[k] >= engine.context]
+                    if full:
+                        self.loop.call_soon_threadsafe(self.end_at_context, full, generations)
                 if taken:
                     done = time.monotonic()
                     self.record(stages, done, [done - complete for _, complete in taken.values()])
@@ -398,6 +414,17 @@ class VoiceServer:
             session = self.sessions[k]
             if session is not None and session.generation == generations[k] and not session.ready.done():
                 session.ready.set_result(how)
+
+    def end_at_context(self, slots: list[int], generations: list[int]) -> None:
+        """On the event loop: these slots' sessions have filled the model's context; those with a
+        persona end (moshi_past_context: end) before their prompt leaves the model's window."""
+        seconds = self.engine.context * FRAME_SAMPLES / SAMPLE_RATE
+        for k in slots:
+            session = self.sessions[k]
+            if session is not None and session.generation == generations[k] and session.prompt is not None:
+                if not session.refused.done():
+                    reason = f"the conversation filled the model's context ({seconds:.0f} s): call again to go on with {session.prompt.label}"
+                    session.refused.set_result(("context", 1000, reason))
 
     # --- Personas -----------------------------------------------------------------------------
     def prompt_for(self, query) -> tuple[Prompt | None, str]:
