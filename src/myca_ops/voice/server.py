@@ -184,11 +184,8 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=r,
         )
-        for refused in (
-            "busy",
-            "loading",
-            "refused",
-        ):  # at 0 from the start: Prometheus's increase() sees the first refusal
+        # At 0 from the start: Prometheus's increase() sees the first refusal.
+        for refused in ("busy", "loading", "refused"):
             self.sessions.labels(refused)
         self.dropped = Counter(
             "myca_moshi_dropped_frames",
