@@ -173,3 +173,76 @@ def test_envfile_runs_a_command_with_the_files_variables(tmp_path):
         [sys.executable, "-m", "myca_ops.envfile", str(tmp_path / "none.env"), "true"], capture_output=True, text=True
     )
     assert missing.returncode == 2 and f"cannot read {tmp_path / 'none.env'}" in missing.stderr
+
+
+def personaplex_parser():
+    """NVIDIA PersonaPlex's moshi.server options, rebuilt from its documentation (its package cannot
+    be installed here): an unknown flag ends it with exit 2, as that server does."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="moshi.server (PersonaPlex)")
+    for flag in (
+        "--host",
+        "--static",
+        "--gradio-tunnel-token",
+        "--tokenizer",
+        "--moshi-weight",
+        "--mimi-weight",
+        "--hf-repo",
+        "--device",
+        "--voice-prompt-dir",
+        "--ssl",
+    ):
+        parser.add_argument(flag)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--gradio-tunnel", action="store_true")
+    parser.add_argument("--cpu-offload", action="store_true")
+    return parser
+
+
+def test_the_personaplex_flavour_gets_a_command_line_its_server_takes(tmp_path):
+    weights = {"moshi": tmp_path / "m", "mimi": tmp_path / "mi", "tokenizer": tmp_path / "t", "config": None}
+    env = {
+        "MYCA_MOSHI_FLAVOUR": "personaplex",
+        "MYCA_MOSHI_WEIGHTS_DIR": str(tmp_path),
+        "MYCA_MOSHI_HF_REPO": "nvidia/personaplex-7b-v1",
+        "MYCA_MOSHI_DEVICE": "cpu",
+    }
+    args = personaplex_parser().parse_args(launcher.server_argv(env, weights, tmp_path / "c.json")[1:])
+    assert args.voice_prompt_dir == str(tmp_path / "voices") and args.static == "none"
+    assert args.hf_repo == "nvidia/personaplex-7b-v1" and args.moshi_weight == str(tmp_path / "m")
+    # Kyutai's command line (--config-path) is what that server refused with exit 2.
+    kyutai = launcher.server_argv({**env, "MYCA_MOSHI_FLAVOUR": "kyutai"}, weights, tmp_path / "c.json")
+    with pytest.raises(SystemExit) as err:
+        personaplex_parser().parse_args(kyutai[1:])
+    assert err.value.code == 2
+    with pytest.raises(ValueError, match="PersonaPlex's server has no --half"):
+        launcher.server_argv({**env, "MYCA_MOSHI_HALF": "1"}, weights, tmp_path / "c.json")
+    with pytest.raises(ValueError, match="MYCA_MOSHI_FLAVOUR is 'nvidia'"):
+        launcher.server_argv({**env, "MYCA_MOSHI_FLAVOUR": "nvidia"}, weights, tmp_path / "c.json")
+
+
+def voices_archive(path, members: dict[str, bytes]):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_personaplex_voices_are_unpacked_and_an_archive_reaching_outside_is_refused(tmp_path):
+    good = voices_archive(tmp_path / "good.tgz", {"voices/NATF0.pt": b"f0", "./voices/NATM1.pt": b"m1"})
+    assert launcher.unpack_voices(good, tmp_path / "out") == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["NATF0.pt", "NATM1.pt"]
+    assert (tmp_path / "out" / "NATF0.pt").read_bytes() == b"f0"
+    for i, name in enumerate(["../evil.pt", "voices/../../evil.pt", "/etc/evil.pt", "voices/sub/x.pt", "other/x.pt"]):
+        bad = voices_archive(tmp_path / f"bad{i}.tgz", {name: b"x"})
+        with pytest.raises(ValueError, match="is not a file in voices/"):
+            launcher.unpack_voices(bad, tmp_path / f"bad{i}")
+    assert not any(tmp_path.rglob("evil.pt"))
+    with pytest.raises(FileNotFoundError, match="no voices.tgz in the checkpoint"):
+        launcher.unpack_voices(tmp_path / "voices.tgz", tmp_path / "none")

@@ -147,3 +147,35 @@ def test_moshi_names_what_is_wrong_with_the_personas_before_installing(tmp_path,
     assert out.returncode != 0
     assert says in out.stdout, out.stdout[-2000:]
     assert out.stdout.split("TASK [")[-1].startswith("moshi : Check the personas")  # stopped there, nothing installed
+
+
+def test_the_personaplex_flavour_asks_for_its_own_server_and_its_checks_send_both_prompts(tmp_path):
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + "        moshi_flavour: personaplex\n")
+    assert out.returncode != 0
+    assert "moshi_flavour: personaplex runs NVIDIA's own server: set moshi_server: upstream" in out.stdout
+
+    play = tmp_path / "url.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n"
+        "  vars_files: [../roles/moshi/defaults/main.yml, ../roles/moshi/vars/main.yml]\n"
+        "  tasks:\n    - ansible.builtin.debug: {var: moshi_chat_url}\n".replace("../", f"{ROOT}/")
+    )
+    shown = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            str(play),
+            "-e",
+            "moshi_flavour=personaplex",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+    )
+    # The role's wait and verify's probe open their session with this URL: both prompts, encoded.
+    expected = "ws://127.0.0.1:8998/api/chat?text_prompt=You+enjoy+having+a+good+conversation.&voice_prompt=NATF2.pt"
+    assert expected in shown.stdout, shown.stdout[-1500:]

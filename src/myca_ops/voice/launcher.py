@@ -26,9 +26,22 @@ from pathlib import Path
 from myca_ops.voice import model
 
 SERVERS = ("batched", "upstream")
+# Whose moshi.server runs upstream: Kyutai's, or NVIDIA's PersonaPlex fork (no --config-path or
+# --half in its parser; prompts from the query; voices from --voice-prompt-dir; it asks the hub
+# for its repo's config.json at every start, from the cache under HF_HUB_OFFLINE).
+FLAVOURS = ("kyutai", "personaplex")
+VOICES_ARCHIVE = "voices.tgz"
+
+
+def flavour(env: dict[str, str]) -> str:
+    name = env.get("MYCA_MOSHI_FLAVOUR", "") or "kyutai"
+    if name not in FLAVOURS:
+        raise ValueError(f"MYCA_MOSHI_FLAVOUR is {name!r}; expected one of {', '.join(FLAVOURS)} (moshi_flavour)")
+    return name
 
 
 def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_path: Path) -> list[str]:
+    personaplex = flavour(env) == "personaplex"
     argv = [
         "moshi.server",
         "--host",
@@ -45,12 +58,24 @@ def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_pat
         str(weights["mimi"]),
         "--tokenizer",
         str(weights["tokenizer"]),
-        "--config-path",
-        str(config_path),
     ]
+    if personaplex:
+        voices = model.weights_dir(env) / "voices"
+        argv += [
+            "--voice-prompt-dir",
+            str(voices),
+            "--hf-repo",
+            env.get("MYCA_MOSHI_HF_REPO") or "nvidia/personaplex-7b-v1",
+        ]
+    else:
+        argv += ["--config-path", str(config_path)]
     if env.get("MYCA_MOSHI_SSL_DIR"):
         argv += ["--ssl", env["MYCA_MOSHI_SSL_DIR"]]
     if model.switch(env, "MYCA_MOSHI_HALF"):
+        if personaplex:
+            raise ValueError(
+                "PersonaPlex's server has no --half: set moshi_half: false with moshi_flavour: personaplex"
+            )
         argv.append("--half")
     argv += shlex.split(env.get("MYCA_MOSHI_EXTRA_ARGS", ""))  # the role quotes each argument
     return argv
@@ -85,14 +110,16 @@ def serve(env: dict[str, str]) -> None:
     runpy.run_module("moshi.server", run_name="__main__", alter_sys=True)
 
 
-def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
-    """Download a checkpoint from the hub (resumable, progress to the log) under the canonical names."""
+def fetch(repo: str, revision: str, dest: Path, token: str | None, voices: bool = False) -> None:
+    """Download a checkpoint from the hub (resumable, progress to the log) under the canonical names;
+    with `voices`, PersonaPlex's voices.tgz too, unpacked into the weights folder's voices/, and the
+    revision recorded as the repo's main (its server asks the cache for config.json at main)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from moshi.models import loaders
 
     cache = dest.parent / "hf-cache"
-    patterns = ["*.json", "*.safetensors", "*.model"]
+    patterns = ["*.json", "*.safetensors", "*.model", *([VOICES_ARCHIVE] if voices else [])]
     try:
         snapshot = Path(
             snapshot_download(repo, revision=revision, cache_dir=cache, token=token or None, allow_patterns=patterns)
@@ -123,7 +150,34 @@ def fetch(repo: str, revision: str, dest: Path, token: str | None) -> None:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(src.resolve())
+    if voices:
+        unpack_voices(snapshot / VOICES_ARCHIVE, dest / "voices")
+        refs = snapshot.parent.parent / "refs"
+        refs.mkdir(exist_ok=True)
+        (refs / "main").write_text(snapshot.name)
     print(f"myca-moshi: {repo}@{revision} ready in {dest}", flush=True)
+
+
+def unpack_voices(archive: Path, dest: Path) -> int:
+    """PersonaPlex's voices.tgz (a voices/ folder of voice files) into `dest`: regular files only,
+    by their base names (a member with a path outside voices/ is refused). Returns the count."""
+    import tarfile
+
+    if not archive.is_file():
+        raise FileNotFoundError(f"no {archive.name} in the checkpoint: is the repo PersonaPlex's?")
+    dest.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if member.isdir() and parts == ("voices",):
+                continue
+            if not member.isfile() or len(parts) != 2 or parts[0] != "voices" or parts[1].startswith("."):
+                raise ValueError(f"{archive.name}: {member.name!r} is not a file in voices/; refusing the archive")
+            source = tar.extractfile(member)
+            (dest / parts[1]).write_bytes(source.read())
+            count += 1
+    return count
 
 
 def crash_watch(unit: str, limit: int = 3):
@@ -158,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--repo", required=True)
     f.add_argument("--revision", required=True)
     f.add_argument("--dest", type=Path, required=True)
+    f.add_argument("--voices", action="store_true", help="also PersonaPlex's voices.tgz, unpacked into voices/")
     w = sub.add_parser("wait", help="wait until the server answers the websocket handshake")
     w.add_argument("--url", default="ws://127.0.0.1:8998/api/chat")
     w.add_argument("--timeout", type=float, default=600)
@@ -177,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(health))
             return 0 if health["up"] else 1
         if args.command == "fetch":
-            fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"))
+            fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"), args.voices)
         elif args.command == "wait":
             from myca_ops.voice.probe import wait_for_handshake
 
