@@ -64,7 +64,7 @@ class SlotEngine:
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
         self.prefill_steps = max(1, prefill_steps)  # a prefilling slot's LM steps per tick
-        self.prefilling: dict[int, list] = {}  # slot: [Prompt, next step, forced tokens on the device]
+        self.prefilling: dict[int, list] = {}  # slot: [Prompt, next step, its forced and user tokens on the device]
         self.prefilled: list[tuple] = []  # (slot, Prompt) whose prompt ended in the last tick
         self.last_tick: tuple[float, float] | None = None  # (ms without extra prompt steps, ms per LM step)
         self._rows, self._rings = self._slot_tensors()
@@ -145,7 +145,8 @@ class SlotEngine:
         """Step this (reset) slot through `prompt` in the next ticks; it is in `prefilled` after
         the tick that ends it.  The slot takes no audio meanwhile."""
         forced = self.torch.from_numpy(prompt.forced).to(self.device)
-        self.prefilling[slot] = [prompt, 0, forced]
+        user = self.torch.from_numpy(prompt.user).to(self.device)
+        self.prefilling[slot] = [prompt, 0, forced, user]
 
     def close(self) -> None:
         """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
@@ -234,7 +235,7 @@ class SlotEngine:
         if prefilling:
             codes = codes.clone()
             for k in prefilling:
-                codes[k, :, 0] = self.torch.from_numpy(self.prefilling[k][0].user).to(self.device)
+                codes[k, :, 0] = self.prefilling[k][3]
         self.lm_gen.set_exec_mask(self._mask(talking + prefilling))
         tokens = self.lm_gen.step(codes)  # (B, 9, 1): ungenerated ids where a slot is masked or delayed
         for k in talking + prefilling:

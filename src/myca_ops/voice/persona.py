@@ -132,7 +132,7 @@ class Prompts:
         if voice is not None and voice not in self.voices:
             known = ", ".join(self.voices) or "none"
             raise ValueError(f"unknown voice {voice!r} (voices: {known})")
-        tokens = self.tokenizer.encode(wrap(text)) if self.tokenizer is not None else []
+        tokens = self.tokenizer.encode(wrap(text)) if text.strip() and self.tokenizer is not None else []
         voice_frames = self.voices[voice] if voice is not None else np.zeros((0, len(self.silence)), np.int64)
         silence = np.repeat(self.silence[None], SILENCE_STEPS, axis=0)
         audio = np.concatenate([voice_frames, silence, np.repeat(self.silence[None], len(tokens), axis=0), silence])

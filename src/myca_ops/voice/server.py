@@ -441,7 +441,7 @@ class VoiceServer:
             if len(text) > s.max_prompt_chars:
                 return None, f"text_prompt has {len(text)} characters, at most {s.max_prompt_chars} are taken"
             try:
-                return self.prompts.make(text or " ", voice and check_voice_name(voice) or None, "client prompt"), ""
+                return self.prompts.make(text, voice and check_voice_name(voice) or None, "client prompt"), ""
             except ValueError as exc:
                 return None, str(exc)
         name = name or s.default_persona
