@@ -13,18 +13,14 @@ def run_role(tmp_path, role: str, variables: str, check: bool = True) -> subproc
     play.write_text(
         f"- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: {role}\n      vars:\n{variables}"
     )
+    return run_play(play, *(["--check"] if check else []))
+
+
+def run_play(play, *options: str) -> subprocess.CompletedProcess:
+    """ansible-playbook on localhost with this interpreter."""
     return subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            *(["--check"] if check else []),
-            str(play),
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-        ],
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", *options, str(play)]
+        + ["-e", f"ansible_python_interpreter={sys.executable}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -160,22 +156,7 @@ def test_the_personaplex_flavour_asks_for_its_own_server_and_its_checks_send_bot
         "  vars_files: [../roles/moshi/defaults/main.yml, ../roles/moshi/vars/main.yml]\n"
         "  tasks:\n    - ansible.builtin.debug: {var: moshi_chat_url}\n".replace("../", f"{ROOT}/")
     )
-    shown = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            str(play),
-            "-e",
-            "moshi_flavour=personaplex",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
-    )
+    shown = run_play(play, "-e", "moshi_flavour=personaplex")
     # The role's wait and verify's probe open their session with this URL: both prompts, encoded.
     expected = "ws://127.0.0.1:8998/api/chat?text_prompt=You+enjoy+having+a+good+conversation.&voice_prompt=NATF2.pt"
     assert expected in shown.stdout, shown.stdout[-1500:]
