@@ -240,9 +240,10 @@ def test_personaplex_voices_are_unpacked_and_an_archive_reaching_outside_is_refu
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["NATF0.pt", "NATM1.pt"]
     assert (tmp_path / "out" / "NATF0.pt").read_bytes() == b"f0"
     for i, name in enumerate(["../evil.pt", "voices/../../evil.pt", "/etc/evil.pt", "voices/sub/x.pt", "other/x.pt"]):
-        bad = voices_archive(tmp_path / f"bad{i}.tgz", {name: b"x"})
+        bad = voices_archive(tmp_path / f"bad{i}.tgz", {"voices/fine.pt": b"ok", name: b"x"})
         with pytest.raises(ValueError, match="is not a file in voices/"):
             launcher.unpack_voices(bad, tmp_path / f"bad{i}")
+        assert not (tmp_path / f"bad{i}").exists()  # nothing written from a refused archive
     assert not any(tmp_path.rglob("evil.pt"))
     with pytest.raises(FileNotFoundError, match="no voices.tgz in the checkpoint"):
         launcher.unpack_voices(tmp_path / "voices.tgz", tmp_path / "none")

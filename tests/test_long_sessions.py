@@ -133,14 +133,14 @@ def test_a_persona_session_that_fills_the_context_ends_with_the_reason_when_aske
 
             async def send():
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    for i, page in enumerate(pages(speech_like(12.0, seed=4))):
+                    for i, page in enumerate(pages(speech_like(20.0, seed=4))):
                         await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
                         await ws.send_bytes(page)
 
             sender = asyncio.create_task(send())
             try:
                 while True:
-                    msg = await ws.receive(timeout=15)
+                    msg = await ws.receive(timeout=30)
                     if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
                         return msg, time.monotonic() - t0
             finally:
@@ -153,4 +153,5 @@ def test_a_persona_session_that_fills_the_context_ends_with_the_reason_when_aske
         assert health(base)[1]["slots_used"] == 0
     assert msg.data == 1000
     assert msg.extra == "the conversation filled the model's context (8 s): call again to go on with myca"
-    assert (CONTEXT - steps) * 0.08 - 0.5 < seconds < 12.0
+    # Not before the context is full; well before the 20 s sent end on a slower CPU (ticks over 80 ms).
+    assert (CONTEXT - steps) * 0.08 - 0.5 < seconds < 20.0

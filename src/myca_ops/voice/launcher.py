@@ -165,19 +165,19 @@ def unpack_voices(archive: Path, dest: Path) -> int:
 
     if not archive.is_file():
         raise FileNotFoundError(f"no {archive.name} in the checkpoint: is the repo PersonaPlex's?")
-    dest.mkdir(parents=True, exist_ok=True)
-    count = 0
     with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
+        files = []
+        for member in tar.getmembers():  # every member checked before anything is written
             parts = Path(member.name).parts
             if member.isdir() and parts == ("voices",):
                 continue
             if not member.isfile() or len(parts) != 2 or parts[0] != "voices" or parts[1].startswith("."):
                 raise ValueError(f"{archive.name}: {member.name!r} is not a file in voices/; refusing the archive")
-            source = tar.extractfile(member)
-            (dest / parts[1]).write_bytes(source.read())
-            count += 1
-    return count
+            files.append((member, parts[1]))
+        dest.mkdir(parents=True, exist_ok=True)
+        for member, name in files:
+            (dest / name).write_bytes(tar.extractfile(member).read())
+    return len(files)
 
 
 def crash_watch(unit: str, limit: int = 3):
