@@ -124,3 +124,44 @@ def test_the_lab_image_exists_and_boots_systemd():
         assert state.stdout.strip() in ("running", "degraded")
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_stale_engine_pidfiles_are_removed_live_ones_kept(tmp_path):
+    """dockerd refuses to start while a docker.pid names no running dockerd: a stopped
+    machine leaves one. The file is removed only when its process is gone or is another program."""
+    import os
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    own = open(f"/proc/{os.getpid()}/comm").read().strip()
+    dead = tmp_path / "dead.pid"
+    dead.write_text(f"{gone.pid}\n")
+    reused = tmp_path / "reused.pid"  # a live pid, but not the engine's program
+    reused.write_text(str(os.getpid()))
+    live = tmp_path / "live.pid"
+    live.write_text(str(os.getpid()))
+    junk = tmp_path / "junk.pid"
+    junk.write_text("")
+    removed = image.clear_stale_pidfiles(
+        {dead: "dockerd", reused: "dockerd", live: own, junk: "dockerd", tmp_path / "absent.pid": "dockerd"}
+    )
+    assert sorted(removed) == sorted([dead, reused, junk])
+    assert live.exists() and not dead.exists() and not reused.exists()
+
+
+def test_an_engine_that_exits_is_reported_with_its_reason(tmp_path, monkeypatch):
+    """A dockerd that ends at start (here a stand-in that prints dockerd's refusal) fails
+    at once with the log's last line, not after the whole wait."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "dockerd").write_text("#!/bin/sh\necho 'failed to start daemon: a reason' >&2\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(image, "DOCKERD_LOG", tmp_path / "dockerd.log")
+    monkeypatch.setattr(image, "DOCKER_PIDFILES", {})
+    (tmp_path / "dockerd.log").write_text("an older run's line\n")
+    with pytest.raises(image.LabError, match=r"dockerd exited with status 1:\nfailed to start daemon: a reason$"):
+        image.ensure_engine(timeout=30)

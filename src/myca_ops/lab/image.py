@@ -100,7 +100,34 @@ def docker_running() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
-def ensure_engine(timeout: float = 60) -> None:
+# A machine stopped without stopping dockerd keeps these; dockerd then refuses to start
+# ("pid file found, ensure docker is not running").
+DOCKER_PIDFILES = {
+    Path("/var/run/docker.pid"): "dockerd",
+    Path("/var/run/docker/containerd/containerd.pid"): "containerd",
+}
+DOCKERD_LOG = Path("/var/log/dockerd.log")
+
+
+def clear_stale_pidfiles(pidfiles: dict[Path, str] | None = None) -> list[Path]:
+    """Remove each pid file whose process is gone or is no longer the named program."""
+    removed = []
+    for path, program in (DOCKER_PIDFILES if pidfiles is None else pidfiles).items():
+        try:
+            pid = path.read_text().strip()
+        except FileNotFoundError:
+            continue
+        try:
+            running = Path(f"/proc/{int(pid)}/comm").read_text().strip()
+        except (ValueError, OSError):
+            running = None
+        if running != program:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def ensure_engine(timeout: float = 120) -> None:
     """Start dockerd in the background when no engine answers, then wait for it."""
     if shutil.which("docker") is None:
         raise LabError("the docker client is not installed: apt-get install docker.io")
@@ -109,13 +136,21 @@ def ensure_engine(timeout: float = 60) -> None:
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise LabError("no Docker engine answers and dockerd is not installed: apt-get install docker.io")
-    log("starting the Docker engine (log: /var/log/dockerd.log)")
-    with open("/var/log/dockerd.log", "ab") as out:
-        subprocess.Popen([dockerd], stdout=out, stderr=out, start_new_session=True)
+    for path in clear_stale_pidfiles():
+        log(f"removed {path}: its process is gone (the engine was not stopped cleanly)")
+    log(f"starting the Docker engine (log: {DOCKERD_LOG})")
+    with open(DOCKERD_LOG, "ab") as out:
+        start = out.tell()
+        engine = subprocess.Popen([dockerd], stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if docker_running():
             return
+        if engine.poll() is not None:
+            with open(DOCKERD_LOG, "rb") as out:
+                out.seek(start)
+                tail = out.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise LabError(f"dockerd exited with status {engine.returncode}:\n" + "\n".join(tail))
         time.sleep(1)
     raise LabError(f"the Docker engine did not answer within {timeout:.0f}s: read /var/log/dockerd.log")
 
