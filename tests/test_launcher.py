@@ -1,6 +1,7 @@
 """myca-moshi: the mode decision, the weights layout, and the real moshi.server behind it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -140,6 +141,34 @@ def test_fetch_without_the_hub_says_what_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub is reachable here anyway: fail fast
     with pytest.raises(ValueError, match="download of kyutai/moshiko-pytorch-bf16@main failed .*re-run the role"):
         launcher.fetch("kyutai/moshiko-pytorch-bf16", "main", tmp_path / "weights", None)
+
+
+def test_fetch_takes_a_checkpoint_from_a_hub_pinned_and_refuses_what_it_lacks(lab_weights, tmp_path):
+    """`myca-moshi fetch` as a host runs it, against a hub (myca_ops.lab.hub) that holds the lab's
+    weights: the canonical names point at the downloaded files; a revision or repository the hub
+    does not have is named in the error."""
+    import threading
+
+    from myca_ops.lab import hub
+
+    server = hub.serve("lab/moshi", lab_weights)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    commit = hub.commit_of(lab_weights)
+
+    def fetch(repo, revision):
+        argv = [sys.executable, "-m", "myca_ops.voice.launcher", "fetch", "--repo", repo, "--revision", revision]
+        return subprocess.run([*argv, "--dest", str(tmp_path / "weights")], capture_output=True, text=True, env=env)
+
+    try:
+        done = fetch("lab/moshi", commit)
+        assert done.returncode == 0, done.stderr
+        for name in ("model.safetensors", "mimi.safetensors", "tokenizer.model", "config.json"):
+            assert (tmp_path / "weights" / name).read_bytes() == (lab_weights / name).read_bytes()
+        assert "has no revision 0123" in fetch("lab/moshi", "0123" * 10).stderr
+        assert "no repository lab/other" in fetch("lab/other", commit).stderr
+    finally:
+        server.shutdown()
 
 
 def test_waiting_gives_up_at_once_on_a_crash_looping_service():

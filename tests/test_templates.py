@@ -9,12 +9,14 @@ import yaml
 
 from conftest import BIN, ROOT, ansible_env
 
-# (role, template, extra variables): the unit files and the shared hardening drop-in.
+# (role, template, extra variables): the unit files (one template, each role's programs) and
+# the shared hardening drop-in.
+UNIT = ("python_service", "unit.service.j2")
 RENDERED = {
-    "moshi.service": ("moshi", "moshi.service.j2", {}),
-    "myca-bridge.service": ("bridge", "myca-bridge.service.j2", {}),
-    "myca-mas.service": ("mas", "myca-mas.service.j2", {}),
-    "myca-collector@.service": ("mas", "myca-collector@.service.j2", {}),
+    "moshi.service": (*UNIT, {"item": "{{ moshi_programs[0] }}"}, "moshi"),
+    "myca-bridge.service": (*UNIT, {"item": "{{ bridge_programs[0] }}"}, "bridge"),
+    "myca-mas.service": (*UNIT, {"item": "{{ mas_programs[0] }}"}, "mas"),
+    "myca-collector@.service": (*UNIT, {"item": "{{ mas_programs[1] }}"}, "mas"),
     "mas.env": (
         "mas",
         "mas.env.j2",
@@ -34,7 +36,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     """Every template of RENDERED, rendered by ansible-playbook with its role's defaults and vars."""
     tmp_path = tmp_path_factory.mktemp("rendered")
     tasks = []
-    for name, (role, template, extra) in RENDERED.items():
+    for name, (role, template, extra, *_) in RENDERED.items():
         tasks.append(
             {
                 "name": f"Render {name}",
@@ -46,7 +48,7 @@ def files(tmp_path_factory) -> dict[str, str]:
                 "vars": extra,
             }
         )
-    roles = {role for role, _, _ in RENDERED.values()}
+    roles = {spec[0] for spec in RENDERED.values()} | {spec[3] for spec in RENDERED.values() if len(spec) > 3}
     vars_files = [
         str(p)
         for r in sorted(roles)

@@ -1,0 +1,58 @@
+"""The service spec's one naming rule: how a program (and each of its instances) is named by
+systemd, supervisord and Docker. roles/python_service reads it; playbooks/status.yml too.
+
+A program is {name, command, user, env_file?, python, instances?}. A program with instances
+(the MAS's collectors) is a systemd template NAME@.service run as NAME@X.service, and under
+supervisord and Docker one process per instance, NAME-X.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+
+def unit_file(program: dict) -> str:
+    """The program's systemd unit file: NAME.service, or the template NAME@.service."""
+    return f"{program['name']}@.service" if program.get("instances") is not None else f"{program['name']}.service"
+
+
+def service_processes(programs: list[dict]) -> list[dict]:
+    """One entry per running process of `programs`: its program, instance (None when the
+    program has none), systemd unit and unit file, supervisord and container name, and argv
+    (through myca_ops.envfile when the program has an environment file, as systemd reads it)."""
+    processes = []
+    for program in programs:
+        instances = program.get("instances")
+        for instance in instances if instances is not None else [None]:
+            argv = shlex.split(program["command"]) + ([] if instance is None else [instance])
+            if program.get("env_file"):
+                argv = [program["python"], "-m", "myca_ops.envfile", program["env_file"], *argv]
+            processes.append(
+                {
+                    "program": program["name"],
+                    "instance": instance,
+                    "unit": f"{program['name']}.service"
+                    if instance is None
+                    else f"{program['name']}@{instance}.service",
+                    "unit_file": unit_file(program),
+                    "process": program["name"] if instance is None else f"{program['name']}-{instance}",
+                    "argv": argv,
+                    "user": program["user"],
+                }
+            )
+    return processes
+
+
+def process_name(unit: str) -> str:
+    """The supervisord program or container of a systemd unit name: NAME@X(.service) is NAME-X."""
+    name = unit.removesuffix(".service")
+    return name.replace("@", "-", 1)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "myca_service_processes": service_processes,
+            "myca_process_name": process_name,
+            "myca_unit_file": unit_file,
+        }
