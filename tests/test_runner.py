@@ -114,7 +114,7 @@ def test_exit_codes_follow_the_result():
     def result(hosts, verify=None, rc=0, status="successful"):
         return DeployResult(rc, status, hosts, ROOT, verify)
 
-    row = {"host": "gpu", "require_realtime": "True", "realtime": "False"}
+    row = {"host": "gpu", "require_realtime": True, "realtime": False}
     assert result({"a": HostResult(ok=3)}).exit_code() == 0
     assert result({"a": HostResult(failed=1)}, rc=2, status="failed").exit_code() == 2
     assert result({"a": HostResult(ok=1)}, {"gpu_hosts": [row]}, rc=2, status="failed").exit_code() == 3

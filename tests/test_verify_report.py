@@ -1,4 +1,5 @@
-"""The verify report as a page: verify.yml's report play, given a run's rows, writes verify.html
+"""The verify report (myca_ops.runner.verify_report): rows from the modules' own results, the table
+and its budget, the failures; as a page: verify.yml's report play writes verify.html
 with a picture per host, and headless Chromium shows the pictures and the run's figures."""
 
 import asyncio
@@ -11,87 +12,128 @@ import pytest
 from report_in_browser import read_page
 
 from conftest import BIN, ROOT, ansible_env
+from myca_ops.runner import verify_report
 
 rng = random.Random(7)
-# A run as verify.yml's plays record it: one GPU host whose 4 slots tick within the budget (and its
-# single slot), its voice probe with one underrun, a bridge and a MAS.
-GPU_ROW = {
+# A run as verify.yml's plays record it (the modules' own results): one GPU host whose 4 slots
+# tick within the budget (and its single slot), its voice probe with one underrun, a bridge and a MAS.
+GPU_RAW = {
     "host": "gpu-a",
-    "gpu": "NVIDIA H100 80GB HBM3",
-    "mode": "graphs",
-    "mode_reason": "Triton cannot compile (no C compiler): CUDA graphs need no Triton",
-    "step_p50_ms": 31.4,
-    "step_p99_ms": 41.2,
-    "budget_ms": 80.0,
-    "slots": 4,
-    "capacity": 4,
-    "slot_mib": 310.5,
-    "step_realtime": True,
-    "step_cause": "carries 4 conversations in real time (tick p99 41.2 ms at 4 slots, budget 80 ms) in mode graphs",
-    "first_audio_ms": 212.0,
-    "underruns": 1,
-    "voice_realtime": False,
-    "voice_cause": "1 underrun",
-    "server": "batched",
-    "slots_used": 0,
-    "slots_total": 4,
-    "tick_p50_ms": 33.3,
-    "tick_p99_ms": 44.4,
-    "tick_count": 321,
-    "health_status": "ready",
-    "realtime": False,
-    "require_realtime": False,
-    "torch": "2.9.1+cu128",
-    "triton": None,
-    "driver": "580.1",
-    "step_samples_ms": {
-        "graphs, 4 slots": [rng.gauss(32, 3) for _ in range(100)],
-        "graphs, 1 slot": [rng.gauss(19, 2) for _ in range(100)],
+    "step": {
+        "gpu_name": "NVIDIA H100 80GB HBM3",
+        "mode": "graphs",
+        "mode_reason": "Triton cannot compile (no C compiler): CUDA graphs need no Triton",
+        "budget_ms": 80.0,
+        "slots": 4,
+        "capacity": 4,
+        "realtime": True,
+        "cause": "carries 4 conversations in real time (tick p99 41.2 ms at 4 slots, budget 80 ms) in mode graphs",
+        "torch_version": "2.9.1+cu128",
+        "triton_version": None,
+        "results": [
+            {
+                "label": "graphs, 4 slots",
+                "stages": {"total": {"p50": 31.4, "p99": 41.2}},
+                "slot_mib": 310.5,
+                "samples_ms": [rng.gauss(32, 3) for _ in range(100)],
+            },
+            {
+                "label": "graphs, 1 slot",
+                "stages": {"total": {"p50": 19.0, "p99": 23.0}},
+                "samples_ms": [rng.gauss(19, 2) for _ in range(100)],
+            },
+        ],
     },
-    "arrival_s": [0.2 + 0.08 * i for i in range(40)] + [3.6 + 0.08 * i for i in range(40)],
-    "underrun_s": [3.4],
+    "voice": {
+        "handshake_ms": 6.0,
+        "first_audio_ms": 212.0,
+        "underruns": 1,
+        "realtime": False,
+        "cause": "1 underrun",
+        "arrival_s": [0.2 + 0.08 * i for i in range(40)] + [3.6 + 0.08 * i for i in range(40)],
+        "underrun_s": [3.4],
+    },
+    "health": {
+        "status": "ready",
+        "slots_used": 0,
+        "slots_total": 4,
+        "default_persona": "myca",
+        "tick_ms": {"p50": 33.3, "p99": 44.4, "count": 321},
+    },
+    "server": "batched",
+    "require_realtime": False,
+    "driver": "580.1",
 }
-BRIDGE_ROW = {
+BRIDGE_RAW = {
     "host": "bridge-a",
     "url": "ws://bridge-a:8999/api/chat",
-    "handshake_ms": 17.0,
-    "first_audio_ms": 230.0,
-    "underruns": 0,
-    "realtime": True,
-    "cause": "3.9s of audio in 4.0s, no underrun",
+    "credential": "ticket",
+    "voice": {
+        "handshake_ms": 17.0,
+        "first_audio_ms": 230.0,
+        "underruns": 0,
+        "realtime": True,
+        "cause": "3.9s of audio in 4.0s, no underrun",
+        "arrival_s": [0.23 + 0.08 * i for i in range(50)],
+        "underrun_s": [],
+    },
     "require_realtime": False,
-    "arrival_s": [0.23 + 0.08 * i for i in range(50)],
-    "underrun_s": [],
 }
-MAS_ROW = {
+MAS_RAW = {
     "host": "mas-a",
-    "status": "ok",
-    "database_ok": True,
-    "database_ms": 1.9,
-    "database_error": None,
-    "collectors_running": 2,
-    "collectors": 2,
-    "collectors_detail": "host running (beat 1.2 s ago, backlog 0), voice running (beat 0.4 s ago, backlog 0)",
-    "moshi_ok": True,
-    "bridge_ok": True,
+    "status": {
+        "status": "ok",
+        "components": {
+            "database": {"ok": True, "latency_ms": 1.9, "error": None},
+            "collectors": {
+                "host": {"state": "running", "last_heartbeat_age_s": 1.2, "backlog": 0},
+                "voice": {"state": "running", "last_heartbeat_age_s": 0.4, "backlog": 0},
+            },
+            "voice": {"moshi": {"ok": True}, "bridge": {"ok": True}},
+        },
+    },
 }
+RAW = {"gpu_hosts": [GPU_RAW], "bridge_hosts": [BRIDGE_RAW], "mas_hosts": [MAS_RAW]}
+
+
+def test_rows_keep_numbers_and_booleans_and_the_table_reads_the_budget_from_the_results():
+    doc = verify_report.build(RAW)
+    gpu, bridge, mas = doc["gpu_hosts"][0], doc["bridge_hosts"][0], doc["mas_hosts"][0]
+    assert (gpu["step_p99_ms"], gpu["capacity"], gpu["realtime"], gpu["step_realtime"]) == (41.2, 4, False, True)
+    assert gpu["persona"] == "myca, handshake 6.0 ms" and gpu["tick_count"] == 321
+    assert (bridge["realtime"], mas["collectors_running"], mas["database_ok"]) == (True, 2, True)
+    assert "verdict (budget 80 ms/tick, all slots)" in verify_report.text(doc)
+    tighter = verify_report.build({**RAW, "gpu_hosts": [{**GPU_RAW, "step": {**GPU_RAW["step"], "budget_ms": 60.0}}]})
+    table = verify_report.text(tighter)
+    assert "verdict (budget 60 ms/tick, all slots)" in table and "| 60.0 ms |" in verify_report.markdown(tighter)
+
+
+def test_a_host_that_must_be_real_time_fails_with_its_causes_and_a_down_mas_with_its_database():
+    must = {**GPU_RAW, "require_realtime": True}
+    down = {
+        "host": "mas-a",
+        "status": {"status": "down", "components": {"database": {"ok": False, "error": "connection refused"}}},
+    }
+    doc = verify_report.build({"gpu_hosts": [must], "bridge_hosts": [BRIDGE_RAW], "mas_hosts": [down]})
+    assert verify_report.failures(doc) == [
+        "gpu-a is not real-time: " + GPU_RAW["step"]["cause"] + "; voice: 1 underrun",
+        "mas-a: /api/myca/status is down: database: connection refused",
+    ]
+    assert verify_report.failures(verify_report.build(RAW)) == []
+
+
+def test_an_upstream_server_without_healthz_has_no_ticks_in_the_table():
+    doc = verify_report.build({"gpu_hosts": [{**GPU_RAW, "server": "upstream", "health": {}}]})
+    line = next(li for li in verify_report.text(doc).splitlines() if li.startswith("gpu-a        upstream"))
+    assert line.split()[2:6] == ["1", "-", "-", "-"] and line.endswith("no /healthz (moshi.server)")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """verify.yml run on the control node only, its rows given as extra variables."""
+    """verify.yml's report play on the control node only, the hosts' results given as an extra variable."""
     folder = tmp_path_factory.mktemp("report")
     extra = folder / "rows.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "verify_rows": [GPU_ROW],
-                "verify_bridge_rows": [BRIDGE_ROW],
-                "verify_mas_rows": [MAS_ROW],
-                "verify_report_dir": str(folder),
-            }
-        )
-    )
+    extra.write_text(json.dumps({"verify_raw_doc": RAW, "verify_report_dir": str(folder)}))
     run = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "playbooks/verify.yml", "-e", f"@{extra}"],
         cwd=ROOT,

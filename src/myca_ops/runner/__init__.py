@@ -67,7 +67,7 @@ class DeployResult:
     def not_realtime(self) -> list[str]:
         """Hosts that must be real-time (require_realtime) and were measured not to be."""
         rows = (self.verify or {}).get("gpu_hosts", []) + (self.verify or {}).get("bridge_hosts", [])
-        return [r["host"] for r in rows if _true(r.get("require_realtime")) and not _true(r.get("realtime"))]
+        return [r["host"] for r in rows if r.get("require_realtime") and not r.get("realtime")]
 
     def exit_code(self) -> int:
         """0 ok, 2 failed hosts, 3 not real-time, 4 unreachable hosts, 5 nothing ran."""
@@ -95,10 +95,6 @@ class DeployResult:
             "status_report": self.status_report,
             "artifact_dir": str(self.artifact_dir),
         }
-
-
-def _true(value) -> bool:
-    return value is True or str(value).lower() == "true"
 
 
 def find_project(start: Path | None = None) -> Path:

@@ -102,7 +102,7 @@ def summary(result: DeployResult) -> str:
         lines.append(f"failed: {failure}")
     verify = result.verify or {}
     for row in verify.get("gpu_hosts", []):
-        verdict = "real-time" if str(row["realtime"]).lower() == "true" else "NOT real-time"
+        verdict = "real-time" if row["realtime"] else "NOT real-time"
         lines.append(
             f"verify {row['host']}: {row['mode']}, carries {row['capacity']} of {row['slots']} conversations "
             f"(tick p99 {row['step_p99_ms']} ms, budget {row['budget_ms']} ms), "

@@ -1,19 +1,15 @@
-"""The verify report's pictures, drawn on the control node from the measurement's raw samples.
-
-    python -m myca_ops.runner.report reports/verify.json
+"""The verify report's pictures, drawn on the control node from the measurement's raw samples
+(myca_ops.runner.verify_report calls it).
 
 Per GPU host, one PNG: the frame-time histogram of each measured mode against the 80 ms
 budget, and the voice probe's arrivals (the gap before each audio frame) with every underrun
-marked; per bridge, its probe's arrivals. Each row of verify.json gains `picture` (the PNG's
-name, beside the JSON), which the HTML report (playbooks/templates/verify_report.html.j2) shows.
+marked; per bridge, its probe's arrivals. Each row gains `picture` (the PNG's name, beside
+verify.json), which the page shows.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from pathlib import Path
 
 from myca_ops.voice.protocol import FRAME_BUDGET_MS
@@ -78,25 +74,3 @@ def render(rows: list[dict], kind: str, folder: Path) -> None:
         row["picture"] = picture_name(kind, row["host"])
         fig.savefig(folder / row["picture"], dpi=90)
         plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path, help="verify.json (playbooks/verify.yml writes it)")
-    args = parser.parse_args(argv)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("no pictures: matplotlib is not installed on the control node (pip install matplotlib)", file=sys.stderr)
-        return 3
-    doc = json.loads(args.report.read_text())
-    render(doc.get("gpu_hosts", []), "gpu", args.report.parent)
-    render(doc.get("bridge_hosts", []), "bridge", args.report.parent)
-    args.report.write_text(json.dumps(doc, indent=4) + "\n")
-    for row in doc.get("gpu_hosts", []) + doc.get("bridge_hosts", []):
-        print(args.report.parent / row["picture"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
