@@ -137,6 +137,11 @@ def _ms(value, digits: int = 1) -> str:
     return "-" if value is None else f"{float(value):.{digits}f} ms"
 
 
+def _as_measured(value) -> str:
+    """A figure as the measurement gave it (the page and Markdown show what the modules said)."""
+    return "-" if value is None else f"{value} ms"
+
+
 def _verdict(ok: bool) -> str:
     return "real-time" if ok else "NOT real-time"
 
@@ -198,7 +203,7 @@ def text(doc: dict) -> str:
 # The tables of the Markdown and HTML reports: (title, id, header, cells of a row).
 def _tables(doc: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     def database(r):
-        return f"ok, {_ms(r['database_ms'])}" if r["database_ok"] else str(r["database_error"])
+        return f"ok, {_as_measured(r['database_ms'])}" if r["database_ok"] else str(r["database_error"])
 
     tables = [
         (
@@ -206,11 +211,11 @@ def _tables(doc: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
             "gpu-hosts",
             ["host", "GPU", "mode", "tick p50", "tick p99", "carries", "budget", "first audio", "underruns", "verdict"],
             [
-                [r["host"], r["gpu"], str(r["mode"]), _ms(r["step_p50_ms"]), _ms(r["step_p99_ms"])]
+                [r["host"], r["gpu"], str(r["mode"]), _as_measured(r["step_p50_ms"]), _as_measured(r["step_p99_ms"])]
                 + [
                     f"{r['capacity']} of {r['slots']}",
-                    _ms(r["budget_ms"]),
-                    _ms(r["first_audio_ms"]),
+                    _as_measured(r["budget_ms"]),
+                    _as_measured(r["first_audio_ms"]),
                     str(r["underruns"]),
                 ]
                 + [_verdict(r["realtime"])]
@@ -226,41 +231,41 @@ def _tables(doc: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                     r["host"],
                     r["server"],
                     f"{r['slots_used']}/{r['slots_total']}",
-                    _ms(r["tick_p50_ms"]),
-                    _ms(r["tick_p99_ms"]),
+                    _as_measured(r["tick_p50_ms"]),
+                    _as_measured(r["tick_p99_ms"]),
                 ]
                 + [str(r["tick_count"]), r["health_status"]]
                 for r in doc["gpu_hosts"]
             ],
         ),
+        (
+            "Voice through the bridge",
+            "bridges",
+            ["bridge", "URL", "handshake", "first audio", "underruns", "verdict"],
+            [
+                [
+                    r["host"],
+                    f"{r['url']} ({r['credential']})",
+                    _as_measured(r["handshake_ms"]),
+                    _as_measured(r["first_audio_ms"]),
+                ]
+                + [str(r["underruns"]), _verdict(r["realtime"])]
+                for r in doc["bridge_hosts"]
+            ],
+        ),
+        (
+            "MAS status (/api/myca/status)",
+            "mas",
+            ["host", "status", "database", "collectors running", "moshi", "bridge"],
+            [
+                [r["host"], r["status"], database(r), f"{r['collectors_running']}/{r['collectors']}"]
+                + [str(r["moshi_ok"]), str(r["bridge_ok"])]
+                for r in doc["mas_hosts"]
+            ],
+        ),
     ]
-    if doc["bridge_hosts"]:
-        tables.append(
-            (
-                "Voice through the bridge",
-                "bridges",
-                ["bridge", "URL", "handshake", "first audio", "underruns", "verdict"],
-                [
-                    [r["host"], f"{r['url']} ({r['credential']})", _ms(r["handshake_ms"]), _ms(r["first_audio_ms"])]
-                    + [str(r["underruns"]), _verdict(r["realtime"])]
-                    for r in doc["bridge_hosts"]
-                ],
-            )
-        )
-    if doc["mas_hosts"]:
-        tables.append(
-            (
-                "MAS status (/api/myca/status)",
-                "mas",
-                ["host", "status", "database", "collectors running", "moshi", "bridge"],
-                [
-                    [r["host"], r["status"], database(r), f"{r['collectors_running']}/{r['collectors']}"]
-                    + [str(r["moshi_ok"]), str(r["bridge_ok"])]
-                    for r in doc["mas_hosts"]
-                ],
-            )
-        )
-    return tables
+    # The GPU hosts' tables always (an empty one says none was measured); the others when they have rows.
+    return [t for t in tables if t[1].startswith("gpu") or t[3]]
 
 
 def _host_notes(r: dict) -> list[str]:
