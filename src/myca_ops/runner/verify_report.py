@@ -373,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     note = write(doc, args.raw.parent)
     print(text(doc), end="")
     print(f"verify report: {args.raw.parent.resolve() / 'verify.html'} {note}".rstrip())
-    for failure in failures(doc):
+    failed = failures(doc)
+    for failure in failed:
         print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures(doc) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
