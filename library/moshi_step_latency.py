@@ -84,11 +84,12 @@ attributes:
 notes:
   - Free GPU memory is checked before loading; the running service is never touched unless
     O(stop_service=true).
+  - A service in a container is measured inside it (run the task through the C(community.docker.docker_api)
+    connection, as the moshi role's C(verify) does); O(stop_service) and O(source=service_log) read a systemd unit
+    and are for a service that runs as one.
   - On CPU the honest count for the lab's two slots is 1 or 0; a verdict always comes from the measurement
     of the deployed model, never from whether a GPU is present.
 author: myca-ops
-extends_documentation_fragment:
-  - myca_container  # doc_fragments/, named in ansible.cfg
 """
 
 EXAMPLES = r"""
@@ -259,7 +260,6 @@ def main():
             unit=dict(type="str", default="moshi"),
             stop_service=dict(type="bool", default=False),
             require_realtime=dict(type="bool", default=False),
-            container=dict(type="str"),
             timeout=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
@@ -273,17 +273,13 @@ def main():
     else:
         args += ["--frames", str(p["frames"]), "--warmup", str(p["warmup"])]
         args += ["--compare"] if p["mode"] == "compare" else []
-    if p["container"] and (p["stop_service"] or p["source"] == "service_log"):
-        module.fail_json(
-            msg="stop_service and source=service_log read a systemd unit; with container, measure beside it"
-        )
     stopping = p["stop_service"] and p["source"] == "measure"
     if stopping and module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: would stop %s to measure" % p["unit"])
     if stopping:
         module.run_command(["systemctl", "stop", p["unit"]], check_rc=True)
     try:
-        result = run_json(module, p["python"], args, p["timeout"], container=p["container"])
+        result = run_json(module, p["python"], args, p["timeout"])
     finally:
         if stopping:
             module.run_command(["systemctl", "start", p["unit"]], check_rc=True)

@@ -83,8 +83,6 @@ notes:
   - moshi.server serves one session at a time; a probe against it while busy waits for the handshake. The batched
     server and the bridge close a caller they have no slot for (1013), and the probe reports it refused.
 author: myca-ops
-extends_documentation_fragment:
-  - myca_container  # doc_fragments/, named in ansible.cfg
 """
 
 EXAMPLES = r"""
@@ -325,7 +323,6 @@ def main():
             callers=dict(type="int", default=1),
             stagger_s=dict(type="float", default=0.5),
             require_realtime=dict(type="bool", default=False),
-            container=dict(type="str"),
             timeout=dict(type="int", default=120),
         ),
         supports_check_mode=True,
@@ -348,7 +345,7 @@ def main():
         module.fail_json(msg="a ticket opens one session: use a service token (token) for callers > 1")
     args += ["--origin", p["origin"]] if p["origin"] else []
     env = {"MYCA_PROBE_TOKEN": p["token"] or "", "MYCA_PROBE_TICKET": p["ticket"] or ""}
-    result = run_json(module, p["python"], args, p["timeout"], env=env, container=p["container"])
+    result = run_json(module, p["python"], args, p["timeout"], env=env)
     if result["error"]:
         module.fail_json(msg=result["error"], **result)
     if p["require_realtime"] and result["realtime"] is False:

@@ -25,7 +25,7 @@ def argument_spec(module: str) -> dict:
     source = (ROOT / "library" / f"{module}.py").read_text()
     namespace = types.ModuleType(module)
     exec(compile(source, module, "exec"), namespace.__dict__)  # noqa: S102 - the project's own file
-    namespace.AnsibleModule = capture
+    namespace.AnsibleModule = namespace.AnsibleDockerClient = capture  # the latter adds the engine's options
     with pytest.raises(Captured) as caught:
         namespace.main()
     return caught.value.args[0]
