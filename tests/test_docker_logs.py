@@ -22,7 +22,9 @@ printf 'last\n'
 def finished_container():
     name = "myca-pytest-logs"
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-    run = subprocess.run(["docker", "run", "--name", name, "myca-lab:debian12", "bash", "-c", SCRIPT], capture_output=True)
+    run = subprocess.run(
+        ["docker", "run", "--name", name, "myca-lab:debian12", "bash", "-c", SCRIPT], capture_output=True
+    )
     assert run.returncode == 0, run.stderr
     yield name
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
