@@ -11,6 +11,12 @@ from __future__ import annotations
 import shlex
 
 
+def service_manager(runtime: str, host_manager: str) -> str:
+    """Who runs a service: the Docker engine when its runtime is docker, else the host's
+    manager (systemd, or supervisord where systemd is not PID 1: roles/stack)."""
+    return "docker" if runtime == "docker" else host_manager
+
+
 def unit_file(program: dict) -> str:
     """The program's systemd unit file: NAME.service, or the template NAME@.service."""
     return f"{program['name']}@.service" if program.get("instances") is not None else f"{program['name']}.service"
@@ -55,4 +61,5 @@ class FilterModule:
             "myca_service_processes": service_processes,
             "myca_process_name": process_name,
             "myca_unit_file": unit_file,
+            "myca_service_manager": service_manager,
         }

@@ -185,8 +185,11 @@ def crash_watch(unit: str, limit: int = 3):
     times since the watch began (NRestarts only grows, so count from here)."""
     import subprocess
 
-    def restarts() -> int:
-        out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", unit], capture_output=True, text=True)
+    def restarts() -> int:  # 0 where systemd does not run it (a container, supervisord)
+        try:
+            out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", unit], capture_output=True, text=True)
+        except FileNotFoundError:
+            return 0
         return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
     base = restarts()
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--timeout", type=float, default=600)
     w.add_argument("--cafile")
     w.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)")
-    w.add_argument("--unit", help="give up early when this systemd unit keeps crashing")
+    w.add_argument("--unit", help="give up early when this systemd unit keeps crashing (none: ignored)")
     a = sub.add_parser(
         "alive", help="print the server's health as JSON, exit 0 when it is up (a container's health check; no session)"
     )
