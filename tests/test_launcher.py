@@ -178,6 +178,12 @@ def test_waiting_gives_up_at_once_on_a_crash_looping_service():
         wait_for_handshake("ws://127.0.0.1:9/api/chat", 600, broken=lambda: "moshi crashed and was restarted 3 times")
 
 
+def test_the_crash_watch_stays_quiet_where_systemd_does_not_run_the_service(monkeypatch, tmp_path):
+    """In a container (no systemctl) the role's `wait --unit moshi` waits on the handshake alone."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no systemctl on it
+    assert launcher.crash_watch("moshi")() is None
+
+
 @pytest.mark.lab  # needs torch in this venv (make lab-assets installs the CPU wheel)
 def test_probe_on_this_machine_finds_no_cuda_and_says_cpu():
     out = subprocess.run([sys.executable, "-m", "myca_ops.voice.launcher", "probe"], capture_output=True, text=True)
