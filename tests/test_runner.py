@@ -208,6 +208,27 @@ def test_the_status_table_names_down_targets_and_firing_alerts_by_host():
     assert "  alerts               MycaTargetDown (gpu-host)" in lines
 
 
+def test_the_status_table_shows_a_wsl2_hosts_windows_side_and_a_stale_lan_rule():
+    from myca_ops.runner.status import table
+
+    windows = {
+        "task": {"present": True, "status": "Running", "last_run": "11/29/2026 9:30:00 AM", "last_result": "267009"},
+        "wslconfig": {"memory": "32GB", "vmIdleTimeout": "-1"},
+        "portproxy_to": "172.31.9.9",
+        "wsl_address": "172.20.1.2",
+    }
+    row = {"host": "wsl-gpu", "group": "gpu_hosts", "services": {"moshi": "active"}, "health": None, "windows": windows}
+    lines = table({"hosts": [row]}).splitlines()
+    assert lines[2] == (
+        "  Windows side: start task Running, last run 11/29/2026 9:30:00 AM (result 267009); "
+        ".wslconfig memory=32GB vmIdleTimeout=-1; portproxy to 172.31.9.9 (WSL is at 172.20.1.2)"
+    )
+    no_task = {**windows, "task": {"present": False}, "wslconfig": {}, "portproxy_to": ""}
+    assert table({"hosts": [{**row, "windows": no_task}]}).splitlines()[2] == (
+        "  Windows side: no start task; .wslconfig none of the stack's keys; no portproxy rule"
+    )
+
+
 def test_passwords_answer_the_prompts_and_never_reach_the_run_folder(tmp_path):
     """A vault secret is decrypted with the asked vault password and the become prompt is answered,
     while neither password is in any file of the run's folder (command line, events, stdout)."""

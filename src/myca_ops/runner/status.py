@@ -73,6 +73,20 @@ def mas_document(row: dict) -> list[str]:
     return lines
 
 
+def windows_side(w: dict) -> str:
+    """A WSL2 host's Windows side: the start task, .wslconfig in force, the LAN rule."""
+    task = w.get("task") or {}
+    started = (
+        f"start task {task.get('status')}, last run {task.get('last_run')} (result {task.get('last_result')})"
+        if task.get("present")
+        else "no start task"
+    )
+    config = " ".join(f"{k}={v}" for k, v in (w.get("wslconfig") or {}).items()) or "none of the stack's keys"
+    to, address = w.get("portproxy_to"), w.get("wsl_address")
+    lan = "no portproxy rule" if not to else f"portproxy to {to}" + ("" if to == address else f" (WSL is at {address})")
+    return f"  Windows side: {started}; .wslconfig {config}; {lan}"
+
+
 def table(report: dict) -> str:
     rows = report.get("hosts", [])
     width = max([len(r["host"]) for r in rows] + [4])
@@ -80,6 +94,8 @@ def table(report: dict) -> str:
     for r in rows:
         services = ", ".join(f"{name} {state}" for name, state in r["services"].items())
         lines.append(f"{r['host']:<{width}}  {services:<44}  {health(r)}")
+        if r.get("windows"):
+            lines.append(windows_side(r["windows"]))
     for r in rows:
         if r["group"] == "mas_hosts":
             lines += mas_document(r)

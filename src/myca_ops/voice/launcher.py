@@ -187,7 +187,9 @@ def crash_watch(unit: str, limit: int = 3):
 
     def restarts() -> int:  # 0 where systemd does not run it (a container, supervisord)
         try:
-            out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", unit], capture_output=True, text=True)
+            out = subprocess.run(
+                ["systemctl", "show", "-p", "NRestarts", "--value", unit], capture_output=True, text=True
+            )
         except FileNotFoundError:
             return 0
         return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
