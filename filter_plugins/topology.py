@@ -124,7 +124,8 @@ class Topology:
             rules.append(
                 {"name": "haproxy-stats", "port": self.value(here, "moshi_lb_stats_port"), "clients": monitoring}
             )
-        if monitoring:
+        # The node exporter runs on the hosts of every group but the websites' (roles/monitoring).
+        if monitoring and any(here in self.group(g) for g in GROUPS if g != "website_hosts"):
             rules.append(
                 {
                     "name": "node-exporter",

@@ -56,6 +56,7 @@ def test_the_mas_host_lets_in_bridges_websites_and_prometheus_and_its_database_c
     hostvars = {**LAB_VARS, "web": {"ansible_host": "10.0.0.9"}, "mas": {**LAB_VARS["mas"], "mas_port": 9001}}
     topo = stack(hostvars, groups, "mas")
     assert rules(topo)["mas-api"] == (9001, ["10.0.0.2", "10.0.0.9", "10.0.0.3"])
+    assert stack(hostvars, groups, "web")["firewall_rules"] == []  # no node exporter runs on a website host
     assert rules(topo)["postgresql"] == (5432, ["127.0.0.1/32", "::1/128"])
     assert topo["mas_url"] == "http://10.0.0.3:9001"
     assert topo["prometheus_url"] == "http://127.0.0.1:9090"  # from its own host
