@@ -42,18 +42,21 @@ class Topology:
     def group(self, name: str) -> list:
         return list(self.groups.get(name) or [])
 
+    @functools.cache  # noqa: B019 - one Topology per call: each host's variables are merged once, not per lookup
+    def vars_of(self, host: str):
+        return self.hostvars[host] if host in self.hostvars else {}
+
     def value(self, host: str, name: str):
         """The inventory's value for `host`, else the role's default."""
-        if host in self.hostvars and name in self.hostvars[host]:
-            return self.hostvars[host][name]
-        return role_defaults()[name]
+        return self.value_or(host, name, role_defaults()[name]) if name in role_defaults() else self.vars_of(host)[name]
 
     def address(self, host: str) -> str:
         """Its ansible_host, else its name."""
         return self.value_or(host, "ansible_host", host)
 
     def value_or(self, host: str, name: str, default):
-        return self.hostvars[host][name] if host in self.hostvars and name in self.hostvars[host] else default
+        host_vars = self.vars_of(host)
+        return host_vars[name] if name in host_vars else default
 
     def addresses(self, group: str) -> list:
         return [self.address(h) for h in self.group(group)]
