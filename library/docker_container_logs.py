@@ -43,7 +43,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 text:
-  description: The lines, stdout and stderr in the order they were written.
+  description: The lines, stdout and stderr each in the order written (between the two, in the order the engine read them).
   returned: success
   type: str
   sample: "Loading the checkpoint\nRuntimeError: CUDA out of memory\n"
