@@ -79,11 +79,10 @@ class Topology:
     def moshi_slots(self) -> list:
         return [int(self.value(h, "moshi_slots")) for h in self.group("gpu_hosts")]
 
-    def bridge_sessions(self, lb: bool) -> int:
+    def bridge_sessions(self, lb: bool, slots: int) -> int:
         """Sessions the bridge takes at once: with a pool, its slots plus as many waiting in
         HAProxy's queue; one batched Moshi, its slots (or the server's own cap when it counts
         them at start: past them it says "busy" itself); moshi.server, one."""
-        slots = sum(self.moshi_slots())
         if lb:
             return slots * 2
         batched = not self.gpu or self.value(self.gpu, "moshi_server") == "batched"
@@ -147,7 +146,7 @@ class Topology:
 
     def as_dict(self) -> dict:
         lb = len(self.group("gpu_hosts")) > 1
-        moshi_url = self.moshi_url()
+        moshi_url, slots = self.moshi_url(), self.moshi_slots()
         # HAProxy on this (the bridge's) host, in front of the pool.
         lb_url = (
             f"ws://{self.value(self.here, 'moshi_lb_listen_address')}:{self.value(self.here, 'moshi_lb_port')}/api/chat"
@@ -161,14 +160,14 @@ class Topology:
             "addresses": {group: self.addresses(group) for group in GROUPS},
             "moshi_local_only": self.moshi_local_only(),
             "moshi_url": moshi_url,
-            "moshi_slots": self.moshi_slots(),
-            "moshi_pool_slots": sum(self.moshi_slots()),
+            "moshi_slots": slots,
+            "moshi_pool_slots": sum(slots),
             "moshi_lb": lb,
             "moshi_client_prompts": bool(self.gpu) and bool(self.value(self.gpu, "moshi_allow_client_prompts")),
             # Moshi's /metrics readable from here: loopback behind its own bridge is, only from its host.
             "moshi_metrics_hosts": batched if not self.moshi_local_only() else [h for h in batched if h == self.here],
             "bridge_upstream": lb_url if lb else moshi_url,
-            "bridge_sessions": self.bridge_sessions(lb),
+            "bridge_sessions": self.bridge_sessions(lb, sum(slots)),
             "bridge_url": self.url(self.bridge, "bridge_port", "bridge_tls"),
             # The bridge's /api/chat as a browser opens it (this host's own bridge when none is named).
             "bridge_chat_url": self.url(self.bridge or self.here, "bridge_port", "bridge_tls").replace("http", "ws", 1)
