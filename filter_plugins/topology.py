@@ -107,6 +107,13 @@ class Topology:
             return ""
         return f"http://{self.address(host)}:{port}"
 
+    def node_exporter_hosts(self) -> list:
+        """Where the node exporter runs: with monitoring hosts, every host of every group but the websites'."""
+        if not self.group("monitoring_hosts"):
+            return []
+        groups = ("gpu_hosts", "mas_hosts", "bridge_hosts", "monitoring_hosts")
+        return list(dict.fromkeys(h for g in groups for h in self.group(g)))
+
     def firewall_rules(self, lb: bool) -> list:
         """The ports `here` opens and to whom (addresses or names; the firewall role resolves names)."""
         here, monitoring = self.here, self.addresses("monitoring_hosts")
@@ -126,8 +133,7 @@ class Topology:
             rules.append(
                 {"name": "haproxy-stats", "port": self.value(here, "moshi_lb_stats_port"), "clients": monitoring}
             )
-        # The node exporter runs on the hosts of every group but the websites' (roles/monitoring).
-        if monitoring and any(here in self.group(g) for g in GROUPS if g != "website_hosts"):
+        if here in self.node_exporter_hosts():
             rules.append(
                 {
                     "name": "node-exporter",
@@ -175,6 +181,7 @@ class Topology:
             "mas_url": self.url(self.mas, "mas_port"),
             "prometheus_url": self.prometheus_url(),
             "firewall_rules": self.firewall_rules(lb),
+            "node_exporter_hosts": self.node_exporter_hosts(),
             # Every host of the stack's groups and this one, each with the ports others reach it on.
             "hosts": {
                 h: {

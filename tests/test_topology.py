@@ -57,6 +57,7 @@ def test_the_mas_host_lets_in_bridges_websites_and_prometheus_and_its_database_c
     topo = stack(hostvars, groups, "mas")
     assert rules(topo)["mas-api"] == (9001, ["10.0.0.2", "10.0.0.9", "10.0.0.3"])
     assert stack(hostvars, groups, "web")["firewall_rules"] == []  # no node exporter runs on a website host
+    assert topo["node_exporter_hosts"] == ["gpu", "mas"]  # each once, and Prometheus scrapes them in this order
     assert rules(topo)["postgresql"] == (5432, ["127.0.0.1/32", "::1/128"])
     assert topo["mas_url"] == "http://10.0.0.3:9001"
     assert topo["prometheus_url"] == "http://127.0.0.1:9090"  # from its own host
@@ -91,4 +92,4 @@ def test_an_inventory_without_groups_has_no_urls():
     topo = stack({"solo": {}}, {"website_hosts": ["solo"]}, "solo")
     assert (topo["moshi_url"], topo["bridge_url"], topo["mas_url"], topo["prometheus_url"]) == ("", "", "", "")
     assert topo["bridge_chat_url"] == "ws://solo:8999/api/chat"  # the site's own host, when no bridge is named
-    assert topo["firewall_rules"] == []
+    assert topo["firewall_rules"] == [] and topo["node_exporter_hosts"] == []  # no monitoring hosts: no exporter
