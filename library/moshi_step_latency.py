@@ -172,6 +172,24 @@ gpu_name:
   returned: O(source=measure)
   type: str
   sample: NVIDIA H100 80GB HBM3
+gpu_state:
+  description: >-
+    Each GPU's peaks while the ticks were measured, read through NVML every 0.5 s (busy ratio, memory used and in
+    all, temperature, power), and every reason its clocks were held down (C(hw_thermal), C(sw_power_cap)...);
+    null where NVML reads no GPU (a CPU host). A throttled GPU explains slow ticks that the model does not.
+  returned: O(source=measure)
+  type: list
+  elements: dict
+  sample:
+    - gpu: "0"
+      name: NVIDIA H200
+      samples: 12
+      utilization_max: 0.97
+      memory_used_max_bytes: 42949672960
+      memory_total_bytes: 150754820096
+      temperature_max_c: 61
+      power_max_w: 612.5
+      throttled: []
 torch_version:
   description: torch in the venv.
   returned: O(source=measure)

@@ -218,6 +218,34 @@ def test_prometheus_scrapes_what_the_inventory_describes(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        {},
+        {
+            "monitoring_alert_gpu_for_s": 0,
+            "monitoring_alert_gpu_hot_celsius": 70,
+            "monitoring_alert_target_down_for_s": 30,
+        },
+    ],
+)
+def test_the_alert_rules_pass_their_unit_tests_at_the_inventorys_thresholds(tmp_path, thresholds):
+    """What the role runs at deploy: promtool test rules on the rules and tests rendered together."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    extra = {"monitoring_rules_dir": str(rules_dir), **thresholds}
+    out = render_for(
+        tmp_path, POOL_WITH_MONITORING, "mon", "monitoring", ["alerts.yml.j2", "alerts.test.yml.j2"], extra
+    )
+    (rules_dir / "alerts.yml").write_text(out["alerts.yml.j2"])
+    (rules_dir / "alerts.test.yml").write_text(out["alerts.test.yml.j2"])
+    run = subprocess.run(
+        ["promtool", "test", "rules", str(rules_dir / "alerts.test.yml")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "MycaGpuThrottled" in out["alerts.yml.j2"]
+
+
 def test_the_monitoring_hosts_reach_each_port_the_firewall_guards(tmp_path):
     bridge = render_for(tmp_path, POOL_WITH_MONITORING, "bridge", "firewall", ["myca-ops.nft.j2"])["myca-ops.nft.j2"]
     assert "tcp dport 8404 ip saddr { 10.0.1.5 } accept\n        tcp dport 8404 reject" in bridge  # HAProxy's stats

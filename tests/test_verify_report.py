@@ -30,6 +30,20 @@ GPU_RAW = {
         "cause": "carries 4 conversations in real time (tick p99 41.2 ms at 4 slots, budget 80 ms) in mode graphs",
         "torch_version": "2.9.1+cu128",
         "triton_version": None,
+        # The GPU's peaks while it was measured: hot enough to be slowed down.
+        "gpu_state": [
+            {
+                "gpu": "0",
+                "name": "NVIDIA H100 80GB HBM3",
+                "samples": 9,
+                "utilization_max": 0.97,
+                "memory_used_max_bytes": 40 << 30,
+                "memory_total_bytes": 80 << 30,
+                "temperature_max_c": 88,
+                "power_max_w": 612.5,
+                "throttled": ["hw_thermal"],
+            }
+        ],
         "results": [
             {
                 "label": "graphs, 4 slots",
@@ -103,6 +117,12 @@ def test_rows_keep_numbers_and_booleans_and_the_table_reads_the_budget_from_the_
     assert gpu["persona"] == "myca, handshake 6.0 ms" and gpu["tick_count"] == 321
     assert (bridge["realtime"], mas["collectors_running"], mas["database_ok"]) == (True, 2, True)
     assert "verdict (budget 80 ms/tick, all slots)" in verify_report.text(doc)
+    assert (
+        "GPU during the measurement: GPU0 NVIDIA H100 80GB HBM3: busy 97%, memory 40.0 of 80.0 GiB, 88 °C, 612 W, "
+        "throttled: hw_thermal (peaks of 9 readings)"
+    ) in verify_report.text(doc)
+    cpu = verify_report.build({"gpu_hosts": [{**GPU_RAW, "step": {**GPU_RAW["step"], "gpu_state": None}}]})
+    assert "GPU during the measurement: not read (no NVML: no GPU, or no driver)" in verify_report.markdown(cpu)
     tighter = verify_report.build({**RAW, "gpu_hosts": [{**GPU_RAW, "step": {**GPU_RAW["step"], "budget_ms": 60.0}}]})
     table = verify_report.text(tighter)
     assert "verdict (budget 60 ms/tick, all slots)" in table and "| 60.0 ms |" in verify_report.markdown(tighter)

@@ -227,6 +227,9 @@ def test_health_without_a_session_says_slots_mode_and_ticks(batched, solo_answer
     assert metric(base, "myca_moshi_slots") == SLOTS
     assert metric(base, "myca_moshi_frames_total") >= 2 * len(audio_of(solo_answers["speech"]))
     assert metric(base, 'myca_moshi_tick_seconds_count{stage="lm_step"}') > 0
+    # No GPU here: the GPU's series are absent, not zero (an alert on them cannot fire).
+    with urllib.request.urlopen(f"http://{base}/metrics", timeout=5) as r:
+        assert "myca_gpu_" not in r.read().decode()
 
 
 def test_one_health_check_reads_the_batched_server_moshi_server_and_a_dead_port(batched):

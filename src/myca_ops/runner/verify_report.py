@@ -25,6 +25,23 @@ def _total(step: dict, stat: str) -> float | None:
     return ((results[0].get("stages") or {}).get("total") or {}).get(stat)
 
 
+def gpu_state(states: list[dict] | None) -> str:
+    """The GPU's peaks while the step latency was measured (myca_ops.voice.gpu.Sampler)."""
+    if states is None:
+        return "not read (no NVML: no GPU, or no driver)"
+    gib = 1 << 30
+
+    def one(g: dict) -> str:
+        power = "-" if g["power_max_w"] is None else f"{g['power_max_w']:.0f} W"
+        return (
+            f"GPU{g['gpu']} {g['name']}: busy {g['utilization_max']:.0%}, memory {g['memory_used_max_bytes'] / gib:.1f}"
+            f" of {g['memory_total_bytes'] / gib:.1f} GiB, {g['temperature_max_c']} °C, {power}, "
+            f"throttled: {', '.join(g['throttled']) or 'no'} (peaks of {g['samples']} readings)"
+        )
+
+    return "; ".join(one(g) for g in states)
+
+
 def gpu_row(raw: dict) -> dict:
     """A GPU host's row from its step-latency result, voice probe and /healthz."""
     step, voice, health = raw["step"], raw.get("voice") or {}, raw.get("health") or {}
@@ -61,6 +78,7 @@ def gpu_row(raw: dict) -> dict:
         "torch": step.get("torch_version"),
         "triton": step.get("triton_version"),
         "driver": raw.get("driver"),
+        "gpu_state": gpu_state(step.get("gpu_state")),
         # The raw figures the pictures draw: each measurement's tick times, the probe's arrivals.
         "step_samples_ms": {r.get("label"): r.get("samples_ms") or [] for r in step.get("results") or []},
         "arrival_s": voice.get("arrival_s") or [],
@@ -165,6 +183,7 @@ def text(doc: dict) -> str:
         )
     for r in doc["gpu_hosts"]:
         lines.append(f"{r['host']}: capacity: {r['step_cause']}; voice: {r['voice_cause']}; persona: {r['persona']}")
+        lines.append(f"{r['host']}: GPU during the measurement: {r['gpu_state']}")
     lines.append(
         f"{'host':<12} {'server':<9} {'slots':<7} {'tick p50':>9} {'tick p99':>9} {'ticks':>6}  /healthz (the last minute's ticks, all slots)"
     )
@@ -272,6 +291,7 @@ def _host_notes(r: dict) -> list[str]:
     return [
         f"{r['mode']}: {r['mode_reason']}; torch {r['torch'] or 'none'}, Triton {r['triton'] or 'none'}, driver {r['driver'] or 'none'}",
         f"capacity: {r['step_cause']}",
+        f"GPU during the measurement: {r['gpu_state']}",
         f"voice: {r['voice_cause']}",
         f"persona: {r['persona']}",
     ]

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
+from myca_ops.voice import gpu as gpu_health
 from myca_ops.voice import model
 from myca_ops.voice.engine import STAGES
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
@@ -190,7 +191,8 @@ def measure(
     loaded = model.load(env, random_size)
     load_s = round(time.perf_counter() - started, 1)
     count, source = (slots, "--slots") if slots else configured_slots(env, loaded)
-    capacity, rows = find_capacity(lambda n: measure_slots(loaded, n, ticks, warmup), count)
+    with gpu_health.Sampler() as gpu_state:  # the GPU's peaks while it is measured (None: no GPU)
+        capacity, rows = find_capacity(lambda n: measure_slots(loaded, n, ticks, warmup), count)
     cuda = loaded.device.startswith("cuda")
     gpu = torch.cuda.get_device_name(torch.device(loaded.device)) if cuda else None
     realtime, cause = verdict(capacity, rows, decision, loaded.device, gpu)
@@ -211,6 +213,7 @@ def measure(
         "cause": cause,
         "load_s": load_s,
         "gpu_name": gpu,
+        "gpu_state": gpu_state.summary(),
         "torch_version": torch.__version__,
         "triton_version": _triton_version(),
         "results": rows,

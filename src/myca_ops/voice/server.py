@@ -50,6 +50,7 @@ from myca_ops.sessions import Liveness, Rules, close, end, watch
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import SlotEngine, SlotState
+from myca_ops.voice.gpu import GpuCollector, Gpus
 from myca_ops.voice.persona import Persona, Prompt, Prompts, check_voice_name, parse
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.stats import percentile
@@ -193,6 +194,8 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        # The GPU's own health (NVML), read at each scrape; absent on a host without one.
+        r.register(GpuCollector(Gpus()))
 
 
 @dataclass
