@@ -188,13 +188,23 @@ def test_the_status_table_names_down_targets_and_firing_alerts_by_host():
             {
                 "host": "mas-vm",
                 "group": "monitoring_hosts",
-                "services": {"prometheus": "active"},
+                "services": {"prometheus": "active", "prometheus-alertmanager": "active"},
                 "health": {
                     "up": [
                         {"metric": {"job": "moshi", "host": "gpu-host"}, "value": [1.0, "0"]},
                         {"metric": {"job": "mas", "host": "mas-vm"}, "value": [1.0, "1"]},
                     ],
                     "alerts": [firing],
+                    # Alertmanager's counters: the webhook told twice and failed once; no mail configured.
+                    "notifications": [
+                        {"metric": {"__name__": n, "integration": i}, "value": [1.0, v]}
+                        for n, i, v in [
+                            ("alertmanager_notifications_total", "webhook", "2"),
+                            ("alertmanager_notifications_failed_total", "webhook", "1"),
+                            ("alertmanager_notifications_total", "email", "0"),
+                            ("alertmanager_notifications_failed_total", "email", "0"),
+                        ]
+                    ],
                 },
             },
         ]
@@ -202,7 +212,9 @@ def test_the_status_table_names_down_targets_and_firing_alerts_by_host():
     lines = table(report).splitlines()
     assert any(
         "prometheus active" in line
-        and "1/2 targets up (down: moshi on gpu-host); firing: MycaTargetDown (gpu-host)" in line
+        and "prometheus-alertmanager active" in line
+        and "1/2 targets up (down: moshi on gpu-host); firing: MycaTargetDown (gpu-host); told: webhook 2 sent, 1 FAILED"
+        in line
         for line in lines
     ), lines
     assert "  alerts               MycaTargetDown (gpu-host)" in lines

@@ -29,8 +29,20 @@ def health(row: dict) -> str:
         targets = f"{len(h['up']) - len(down)}/{len(h['up'])} targets up" + (
             f" (down: {', '.join(down)})" if down else ""
         )
-        return f"{targets}; firing: {', '.join(alert_names(h['alerts'])) or 'none'}"
+        return f"{targets}; firing: {', '.join(alert_names(h['alerts'])) or 'none'}; {told(h.get('notifications') or [])}"
     return f"{h.get('status')} (details below)"
+
+
+def told(samples: list) -> str:
+    """What Alertmanager sent, per integration, from its counters as Prometheus scraped them."""
+    counts: dict[str, list[int]] = {}
+    for sample in samples:
+        metric = sample["metric"]
+        failed = metric.get("__name__", "").endswith("_failed_total")
+        counts.setdefault(metric.get("integration", "?"), [0, 0])[failed] += int(float(sample["value"][-1]))
+    told = [f"{name} {sent} sent" + (f", {failed} FAILED" if failed else "") for name, (sent, failed) in counts.items()]
+    used = [t for t in told if not t.endswith(" 0 sent")]
+    return "told: " + (", ".join(used) if used else "nobody yet")
 
 
 def alert_names(alerts: list) -> list[str]:
