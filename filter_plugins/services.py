@@ -55,6 +55,17 @@ def process_name(unit: str) -> str:
     return name.replace("@", "-", 1)
 
 
+def images_to_prune(images: list[dict], running: str) -> list[str]:
+    """The tags to remove after a deploy that is ready: every image of the service (docker_host_info's
+    `images`, filtered by its name) but the one `running` names and the newest other one, which
+    a rollback (*_image_tag) runs."""
+    running_ids = {image["Id"] for image in images if running in (image.get("RepoTags") or [])}
+    if not running_ids:  # not built here (check mode): nothing is known to be older
+        return []
+    older = sorted((i for i in images if i["Id"] not in running_ids), key=lambda i: i["Created"], reverse=True)
+    return [tag for image in older[1:] for tag in image.get("RepoTags") or []]
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -62,4 +73,5 @@ class FilterModule:
             "myca_process_name": process_name,
             "myca_unit_file": unit_file,
             "myca_service_manager": service_manager,
+            "myca_images_to_prune": images_to_prune,
         }

@@ -6,7 +6,7 @@ import sys
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "filter_plugins"))
-from services import process_name, service_processes, unit_file  # noqa: E402
+from services import images_to_prune, process_name, service_processes, unit_file  # noqa: E402
 
 API = {
     "name": "myca-mas",
@@ -55,3 +55,26 @@ def test_a_unit_names_its_program_or_container():
     assert process_name("myca-collector@host.service") == "myca-collector-host"
     assert process_name("myca-collector@host") == "myca-collector-host"
     assert process_name("moshi") == "moshi"
+
+
+def image(id_: str, created: int, *tags: str) -> dict:
+    return {"Id": id_, "Created": created, "RepoTags": list(tags), "Size": 1}
+
+
+def test_after_a_deploy_only_the_running_image_and_the_one_before_it_stay():
+    images = [
+        image("sha256:d", 400, "myca-moshi:d4"),
+        image("sha256:a", 100, "myca-moshi:a1"),
+        image("sha256:c", 300, "myca-moshi:c3", "myca-moshi:c3-again"),
+        image("sha256:b", 200, "myca-moshi:b2"),
+    ]
+    # c3 is the one before d4 (the rollback): kept under both its tags.
+    assert images_to_prune(images, "myca-moshi:d4") == ["myca-moshi:b2", "myca-moshi:a1"]
+    # Rolled back to b2 (moshi_image_tag): the newest other image (d4, the bad deploy) stays, for a roll forward.
+    assert images_to_prune(images, "myca-moshi:b2") == ["myca-moshi:c3", "myca-moshi:c3-again", "myca-moshi:a1"]
+    # The running image under a second tag is the running image.
+    assert images_to_prune([*images, image("sha256:d", 400, "myca-moshi:latest")], "myca-moshi:latest") == [
+        "myca-moshi:b2",
+        "myca-moshi:a1",
+    ]
+    assert images_to_prune(images, "myca-moshi:not-built") == []  # check mode: nothing is known to be older

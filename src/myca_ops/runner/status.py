@@ -29,7 +29,9 @@ def health(row: dict) -> str:
         targets = f"{len(h['up']) - len(down)}/{len(h['up'])} targets up" + (
             f" (down: {', '.join(down)})" if down else ""
         )
-        return f"{targets}; firing: {', '.join(alert_names(h['alerts'])) or 'none'}; {told(h.get('notifications') or [])}"
+        return (
+            f"{targets}; firing: {', '.join(alert_names(h['alerts'])) or 'none'}; {told(h.get('notifications') or [])}"
+        )
     return f"{h.get('status')} (details below)"
 
 
