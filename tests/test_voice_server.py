@@ -224,6 +224,9 @@ def test_health_without_a_session_says_slots_mode_and_ticks(batched, solo_answer
     # 200 once loaded; the status says whether the last minute's p99 tick was over the 80 ms budget.
     assert status == 200 and body["ok"] is True, body
     assert body["status"] == ("ready" if body["tick_ms"]["p99"] <= 80.0 else "over budget"), body
+    # On CPU nothing is compiled, so no start is warm or cold; the time to the first caller is kept.
+    assert body["compile_cache"] == {"state": "unused", "why": "mode cpu compiles nothing"}, body
+    assert 0 < body["start_s"] == metric(base, 'myca_moshi_start_seconds{compile_cache="unused"}')
     assert metric(base, "myca_moshi_slots") == SLOTS
     assert metric(base, "myca_moshi_frames_total") >= 2 * len(audio_of(solo_answers["speech"]))
     assert metric(base, 'myca_moshi_tick_seconds_count{stage="lm_step"}') > 0

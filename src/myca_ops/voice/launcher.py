@@ -16,14 +16,16 @@ and, optionally, ``config.json`` (moshi's LM config; without it the 7B defaults 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import runpy
 import shlex
 import sys
+import time
 from pathlib import Path
 
-from myca_ops.voice import model
+from myca_ops.voice import compile_cache, model
 
 SERVERS = ("batched", "upstream")
 # Whose moshi.server runs upstream: Kyutai's, or NVIDIA's PersonaPlex fork (no --config-path or
@@ -82,6 +84,7 @@ def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_pat
 
 
 def serve(env: dict[str, str]) -> None:
+    started = time.monotonic()
     device = model.device(env)
     server = env.get("MYCA_MOSHI_SERVER", "batched")
     if server not in SERVERS:
@@ -94,10 +97,14 @@ def serve(env: dict[str, str]) -> None:
         print(f"myca-moshi: WARNING: {decision.warning}", flush=True)
 
     model.set_cpu_threads(env)
+    cache = compile_cache.prepare(env, compile_cache.key(env, decision.mode))  # imports torch: after the threads
+    print(f"myca-moshi: compile cache: {cache[0]} ({cache[1]})", flush=True)
     if server == "batched":
         from myca_ops.voice import server as batched
 
-        settings = batched.Settings.from_env(env, decision.mode)
+        settings = dataclasses.replace(
+            batched.Settings.from_env(env, decision.mode), compile_cache=cache, started_at=started
+        )
         batched.serve(settings, batched.builder(settings, env))
         return
     if not device.startswith("cuda"):

@@ -91,6 +91,9 @@ class Settings:
     # the model's window step by step, as moshi.server's would) or end (closed with the reason).
     past_context: str = "wrap"
     voices_dir: str = ""  # the voice files (WAV); "": the weights folder's voices/
+    # Whether this start found compiled kernels (myca_ops.voice.compile_cache), and when it began.
+    compile_cache: tuple[str, str] = ("unused", "not prepared")
+    started_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def from_env(cls, env: dict[str, str], mode: str) -> Settings:
@@ -194,6 +197,12 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.start = Gauge(
+            "myca_moshi_start_seconds",
+            "From the launcher's start to the first caller taken, by whether compiled kernels were found",
+            ["compile_cache"],
+            registry=r,
+        )
         # The GPU's own health (NVML), read at each scrape; absent on a host without one.
         r.register(GpuCollector(Gpus()))
 
@@ -268,6 +277,7 @@ class VoiceServer:
         self.settings, self.build = settings, build
         self.metrics = Metrics()
         self.engine: SlotEngine | None = None
+        self.start_s: float | None = None  # seconds from the launcher's start to the first caller taken
         self.tokenizer = None
         self.prompts: Prompts | None = None
         self.personas: dict[str, Prompt] = {}
@@ -313,8 +323,12 @@ class VoiceServer:
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
         self.metrics.slots_total.set(slots)
+        self.start_s = round(time.monotonic() - self.settings.started_at, 1)
+        self.metrics.start.labels(self.settings.compile_cache[0]).set(self.start_s)
         log.info(
-            "ready: %d slot(s), mode %s on %s, personas: %s",
+            "ready in %.1f s (compile cache: %s): %d slot(s), mode %s on %s, personas: %s",
+            self.start_s,
+            self.settings.compile_cache[0],
             slots,
             self.settings.mode,
             self.settings.device,
@@ -546,6 +560,10 @@ class VoiceServer:
             "personas": self.persona_health(),
             "default_persona": self.settings.default_persona or None,
             "client_prompts": self.settings.allow_client_prompts,
+            # This start: compiled kernels found ("warm"), compiled anew ("cold") or none ("unused"),
+            # and the seconds from the launcher's start to the first caller taken (null while loading).
+            "compile_cache": {"state": self.settings.compile_cache[0], "why": self.settings.compile_cache[1]},
+            "start_s": self.start_s,
         }
         if self.engine is None:
             body.update(ok=False, status="loading")
