@@ -4,6 +4,8 @@ myca-mas migrate [--check] [--env-file F]   apply (or list) pending schema migra
 myca-mas serve                 the API on MYCA_MAS_HOST:MYCA_MAS_PORT (systemd's myca-mas)
 myca-mas collector NAME        one collector (systemd's myca-collector@NAME)
 myca-mas import-check          prove asyncpg imports in this interpreter, print its version
+myca-mas backup [--every S]    pg_dump the database into MYCA_MAS_BACKUP_DIR (myca_ops.mas.backup)
+myca-mas restore DUMP          replace the database's objects with a backup's
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
@@ -32,6 +35,33 @@ async def migrate(settings: Settings, check: bool) -> list[str]:
         await conn.close()
 
 
+def backup_command(args, env: dict[str, str], settings: Settings) -> int:
+    from myca_ops.mas import backup
+
+    folder = Path(env.get("MYCA_MAS_BACKUP_DIR") or "/var/lib/myca-mas/backups")
+    try:
+        if args.command == "restore":
+            backup.restore(settings.dsn, args.dump)
+            print(json.dumps({"restored": str(args.dump)}))
+            return 0
+        keep = int(env.get("MYCA_MAS_BACKUP_KEEP") or 7)
+        while True:
+            started = time.monotonic()
+            try:
+                done = backup.backup(settings.dsn, folder, keep, env.get("MYCA_MAS_BACKUP_COPY_COMMAND", ""))
+                print(json.dumps(done), flush=True)
+            except backup.BackupError as exc:
+                if not args.every:
+                    raise
+                print(f"myca-mas: backup failed, next in {args.every:.0f} s: {exc}", file=sys.stderr, flush=True)
+            if not args.every:
+                return 0
+            time.sleep(max(0.0, args.every - (time.monotonic() - started)))
+    except (backup.BackupError, ValueError) as exc:
+        print(f"myca-mas: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myca-mas", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     col = sub.add_parser("collector", help="run one collector")
     col.add_argument("name")
     sub.add_parser("import-check", help="import asyncpg and print its version as JSON")
+    bak = sub.add_parser("backup", help="back the database up (MYCA_MAS_BACKUP_DIR, _KEEP, _COPY_COMMAND)")
+    bak.add_argument("--every", type=float, default=0, help="then again every SECONDS (where no timer runs it)")
+    res = sub.add_parser("restore", help="replace the database's objects with a backup's")
+    res.add_argument("dump", type=Path)
+    for command in (bak, res):
+        command.add_argument("--env-file", type=Path, help="read the settings from the service's environment file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -68,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps({"pending" if args.check else "applied": names}))
         return 0
+    if args.command in ("backup", "restore"):
+        return backup_command(args, env if env is not None else dict(os.environ), settings)
     if args.command == "collector":
         from myca_ops.mas.collectors import run
 
