@@ -9,6 +9,7 @@ import sys
 import time
 
 import asyncpg
+from test_mas import scrape, serve
 
 from myca_ops.mas import backup
 
@@ -79,3 +80,21 @@ def test_the_newest_are_kept_and_a_failed_backup_leaves_no_file_and_the_last_suc
 
     run = myca_mas(config, "restore", str(tmp_path / "backups" / "mas-20000101T000000Z.dump"))
     assert run.returncode == 1 and "mas-20000101T000000Z.dump: no such backup" in run.stderr
+
+
+def test_the_mas_exports_the_last_successful_backup_and_zero_before_the_first(tmp_path, mas_db):
+    config = env_file(tmp_path, mas_db)
+    port, server = serve(tmp_path, mas_db, MYCA_MAS_BACKUP_DIR=str(tmp_path / "backups"))
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with server:
+        before = scrape(metrics)
+        run = myca_mas(config, "backup")
+        after = scrape(metrics)
+    assert before["myca_mas_backup_last_success_timestamp_seconds"] == 0  # the age alert fires until one succeeds
+    done = json.loads(run.stdout)
+    assert after["myca_mas_backup_last_success_timestamp_seconds"] == done["finished_at"]
+    assert 0 < time.time() - done["finished_at"] < 60 and after["myca_mas_backup_bytes"] == done["bytes"]
+    # Without a backup folder (backups off) there is no such series at all.
+    port, server = serve(tmp_path, mas_db)
+    with server:
+        assert not [k for k in scrape(f"http://127.0.0.1:{port}/metrics") if k.startswith("myca_mas_backup")]

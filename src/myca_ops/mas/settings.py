@@ -23,6 +23,7 @@ class Settings:
     check_timeout_s: float = 2.0
     events_token: str = ""  # what the bridge must send to POST events; empty: the route refuses all
     prometheus_url: str = ""  # http://127.0.0.1:9090: its firing alerts are listed in the status; empty: none
+    backup_dir: Path | None = None  # myca-mas backup's folder: its last success on /metrics; None: no backups
 
     @property
     def stale_after_s(self) -> float:
@@ -59,4 +60,5 @@ class Settings:
             check_timeout_s=number("MYCA_MAS_CHECK_TIMEOUT_S", 2.0),
             events_token=env.get("MYCA_MAS_EVENTS_TOKEN", ""),
             prometheus_url=env.get("MYCA_MAS_PROMETHEUS_URL", "").rstrip("/"),
+            backup_dir=Path(env["MYCA_MAS_BACKUP_DIR"]) if env.get("MYCA_MAS_BACKUP_DIR") else None,
         )

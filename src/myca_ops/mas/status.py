@@ -23,14 +23,17 @@ import hmac
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Literal
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from myca_ops.mas.backup import last_backup
 from myca_ops.mas.checks import bridge_health, firing_alerts, moshi_health
 from myca_ops.mas.settings import Settings
 
@@ -49,9 +52,30 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+class BackupCollector:
+    """The last successful backup (myca-mas backup's last-backup.json), read at each scrape. Before
+    the first its time is 0, so the backup-age alert fires until one succeeds."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self):
+        last = last_backup(self.folder) or {}
+        yield GaugeMetricFamily(
+            "myca_mas_backup_last_success_timestamp_seconds",
+            "When the last successful backup of the MAS database finished (0: none yet)",
+            value=last.get("finished_at", 0),
+        )
+        yield GaugeMetricFamily(
+            "myca_mas_backup_bytes", "The last successful backup's size", value=last.get("bytes", 0)
+        )
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, backup_dir: Path | None = None) -> None:
         self.registry = r = CollectorRegistry()
+        if backup_dir is not None:
+            r.register(BackupCollector(backup_dir))
         self.requests = Counter("myca_mas_requests", "Requests by route and status code", ["route", "code"], registry=r)
         self.latency = Histogram("myca_mas_request_seconds", "Time to answer, by route", ["route"], registry=r)
         self.database_up = Gauge(
@@ -93,7 +117,7 @@ class Stack:
         self._pool_lock = asyncio.Lock()
         self._status_lock = asyncio.Lock()
         self._cached: tuple[float, int, dict] | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.backup_dir)
 
     async def pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
