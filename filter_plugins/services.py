@@ -25,19 +25,25 @@ def unit_file(program: dict) -> str:
 def service_processes(programs: list[dict]) -> list[dict]:
     """One entry per running process of `programs`: its program, instance (None when the
     program has none), systemd unit and unit file, supervisord and container name, and argv
-    (through myca_ops.envfile when the program has an environment file, as systemd reads it)."""
+    (through myca_ops.envfile when the program has an environment file, as systemd reads it).
+    A scheduled program (`every_s`) is under systemd its timer (NAME.timer, which starts the
+    oneshot NAME.service), elsewhere its command with `--every`, which loops."""
     processes = []
     for program in programs:
         instances = program.get("instances")
         for instance in instances if instances is not None else [None]:
             argv = shlex.split(program["command"]) + ([] if instance is None else [instance])
+            if program.get("every_s"):
+                argv += ["--every", str(program["every_s"])]
             if program.get("env_file"):
                 argv = [program["python"], "-m", "myca_ops.envfile", program["env_file"], *argv]
             processes.append(
                 {
                     "program": program["name"],
                     "instance": instance,
-                    "unit": f"{program['name']}.service"
+                    "unit": f"{program['name']}.timer"
+                    if program.get("every_s")
+                    else f"{program['name']}.service"
                     if instance is None
                     else f"{program['name']}@{instance}.service",
                     "unit_file": unit_file(program),

@@ -78,3 +78,14 @@ def test_after_a_deploy_only_the_running_image_and_the_one_before_it_stay():
         "myca-moshi:a1",
     ]
     assert images_to_prune(images, "myca-moshi:not-built") == []  # check mode: nothing is known to be older
+
+
+def test_a_scheduled_job_is_its_timer_under_systemd_and_a_loop_elsewhere():
+    backup = {**API, "name": "myca-mas-backup", "command": "/v/bin/myca-mas backup", "every_s": 60}
+    (job,) = service_processes([backup])
+    assert (job["unit"], job["unit_file"], job["process"]) == (
+        "myca-mas-backup.timer",
+        "myca-mas-backup.service",
+        "myca-mas-backup",
+    )
+    assert job["argv"][-3:] == ["backup", "--every", "60"]  # supervisord's program and the container loop

@@ -17,6 +17,8 @@ RENDERED = {
     "myca-bridge.service": (*UNIT, {"item": "{{ bridge_programs[0] }}"}, "bridge"),
     "myca-mas.service": (*UNIT, {"item": "{{ mas_programs[0] }}"}, "mas"),
     "myca-collector@.service": (*UNIT, {"item": "{{ mas_programs[1] }}"}, "mas"),
+    "myca-mas-backup.service": (*UNIT, {"item": "{{ mas_programs[2] }}"}, "mas"),
+    "myca-mas-backup.timer": ("python_service", "unit.timer.j2", {"item": "{{ mas_programs[2] }}"}, "mas"),
     "mas.env": (
         "mas",
         "mas.env.j2",
@@ -98,6 +100,14 @@ def test_units_say_what_runs_and_the_drop_in_how_it_is_confined(files):
         service = ini(files[unit])["Service"]
         assert (service["User"], service["ExecStart"], service["Restart"]) == (user, start, "on-failure"), unit
         assert "ProtectSystem" not in service, f"{unit} repeats the hardening that lives in the drop-in"
+
+    # The backup, a scheduled job: one run each time its timer fires, never restarted, not started at boot itself.
+    backup = ini(files["myca-mas-backup.service"])
+    assert backup["Service"]["Type"] == "oneshot" and "Restart" not in backup["Service"]
+    assert backup["Service"]["ExecStart"] == "/opt/myca-mas/venv/bin/myca-mas backup" and "Install" not in backup
+    timer = ini(files["myca-mas-backup.timer"])
+    assert (timer["Timer"]["OnActiveSec"], timer["Timer"]["OnUnitActiveSec"]) == ("60", "86400")
+    assert timer["Install"]["WantedBy"] == "timers.target"
 
     moshi = ini(files["hardening-moshi.conf"])["Service"]
     assert moshi["ProtectSystem"] == "strict" and moshi["NoNewPrivileges"] == "true"
