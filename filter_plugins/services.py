@@ -56,8 +56,9 @@ def service_processes(programs: list[dict]) -> list[dict]:
 
 
 def process_name(unit: str) -> str:
-    """The supervisord program or container of a systemd unit name: NAME@X(.service) is NAME-X."""
-    name = unit.removesuffix(".service")
+    """The supervisord program or container of a systemd unit name: NAME@X(.service) is NAME-X,
+    a scheduled program's NAME.timer is NAME."""
+    name = unit.removesuffix(".service").removesuffix(".timer")
     return name.replace("@", "-", 1)
 
 

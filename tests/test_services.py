@@ -55,6 +55,8 @@ def test_a_unit_names_its_program_or_container():
     assert process_name("myca-collector@host.service") == "myca-collector-host"
     assert process_name("myca-collector@host") == "myca-collector-host"
     assert process_name("moshi") == "moshi"
+    # a scheduled job: systemd's timer, supervisord's looping program of the same name
+    assert process_name("myca-mas-backup.timer") == "myca-mas-backup"
 
 
 def image(id_: str, created: int, *tags: str) -> dict:
