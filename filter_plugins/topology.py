@@ -118,10 +118,12 @@ class Topology:
         """The ports `here` opens and to whom (addresses or names; the firewall role resolves names)."""
         here, monitoring = self.here, self.addresses("monitoring_hosts")
         rules = []
-        # PersonaPlex's server listens on every address whatever --host says: its port always gets one.
-        if here in self.group("gpu_hosts") and (
-            not self.moshi_listens_on_loopback(here) or self.value(here, "moshi_flavour") == "personaplex"
-        ):
+        # PersonaPlex's own server listens on every address whatever --host says: its port always gets one.
+        personaplex_server = (self.value(here, "moshi_flavour"), self.value(here, "moshi_server")) == (
+            "personaplex",
+            "upstream",
+        )
+        if here in self.group("gpu_hosts") and (not self.moshi_listens_on_loopback(here) or personaplex_server):
             clients = self.addresses("bridge_hosts") + self.addresses("mas_hosts") + monitoring
             rules.append({"name": "moshi", "port": self.value(here, "moshi_port"), "clients": clients})
         if here in self.group("mas_hosts"):

@@ -145,10 +145,20 @@ def test_moshi_names_what_is_wrong_with_the_personas_before_installing(tmp_path,
     assert out.stdout.split("TASK [")[-1].startswith("moshi : Check the personas")  # stopped there, nothing installed
 
 
-def test_the_personaplex_flavour_asks_for_its_own_server_and_its_checks_send_both_prompts(tmp_path):
-    out = run_role(tmp_path, "moshi", MOSHI_BASE + "        moshi_flavour: personaplex\n")
+def test_personaplexs_own_server_refuses_half_and_its_checks_send_both_prompts(tmp_path):
+    own = "        moshi_flavour: personaplex\n        moshi_server: upstream\n        moshi_half: true\n"
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + own)
     assert out.returncode != 0
-    assert "moshi_flavour: personaplex runs NVIDIA's own server: set moshi_server: upstream" in out.stdout
+    assert "runs NVIDIA's own server, which has no --half: set moshi_half: false" in out.stdout
+    # On the batched server a persona may take one of its checkpoint's .pt voices, not an unknown WAV.
+    batched = "        moshi_flavour: personaplex\n        moshi_personas: [{name: m, text: Hi, voice: NATF2.pt}]\n"
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + batched)
+    assert "TASK [python_service : Copy the myca_ops wheel" in out.stdout, out.stdout[-1500:]  # past every check
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + batched.replace("NATF2.pt", "mine.wav"))
+    assert (
+        "Voice(s) mine.wav of moshi_personas are not among moshi_voices (none): add the WAV files there (a PersonaPlex voice"
+        in out.stdout
+    )
 
     play = tmp_path / "url.yml"
     play.write_text(
@@ -156,7 +166,9 @@ def test_the_personaplex_flavour_asks_for_its_own_server_and_its_checks_send_bot
         "  vars_files: [../roles/moshi/defaults/main.yml, ../roles/moshi/vars/main.yml]\n"
         "  tasks:\n    - ansible.builtin.debug: {var: moshi_chat_url}\n".replace("../", f"{ROOT}/")
     )
-    shown = run_play(play, "-e", "moshi_flavour=personaplex")
+    shown = run_play(play, "-e", "moshi_flavour=personaplex", "-e", "moshi_server=upstream")
     # The role's wait and verify's probe open their session with this URL: both prompts, encoded.
     expected = "ws://127.0.0.1:8998/api/chat?text_prompt=You+enjoy+having+a+good+conversation.&voice_prompt=NATF2.pt"
     assert expected in shown.stdout, shown.stdout[-1500:]
+    shown = run_play(play, "-e", "moshi_flavour=personaplex")  # the batched server refuses client prompts
+    assert '"moshi_chat_url": "ws://127.0.0.1:8998/api/chat"' in shown.stdout, shown.stdout[-1500:]

@@ -46,9 +46,14 @@ def test_moshi_behind_its_own_bridge_is_on_loopback_and_gets_no_rule():
     assert topo["moshi_metrics_hosts"] == ["gpu"] and stack(LAB_VARS, LAB_GROUPS, "mas")["moshi_metrics_hosts"] == []
 
 
-def test_personaplex_gets_a_rule_even_on_loopback():
-    hostvars = {**LAB_VARS, "gpu": {**LAB_VARS["gpu"], "moshi_flavour": "personaplex"}}
-    assert rules(stack(hostvars, LAB_GROUPS, "gpu"))["moshi"] == (8998, ["10.0.0.2", "10.0.0.3", "10.0.0.3"])
+def test_personaplexs_own_server_gets_a_rule_even_on_loopback():
+    own = {**LAB_VARS["gpu"], "moshi_flavour": "personaplex", "moshi_server": "upstream"}
+    assert rules(stack({**LAB_VARS, "gpu": own}, LAB_GROUPS, "gpu"))["moshi"] == (
+        8998,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.3"],
+    )
+    batched = {**LAB_VARS["gpu"], "moshi_flavour": "personaplex"}  # its checkpoint on the batched server: --host holds
+    assert "moshi" not in rules(stack({**LAB_VARS, "gpu": batched}, LAB_GROUPS, "gpu"))
 
 
 def test_the_mas_host_lets_in_bridges_websites_and_prometheus_and_its_database_clients():

@@ -7,7 +7,12 @@ the spot with exactly ``text_card`` pieces.  Deterministic for a seed, and cache
 folder whose ``recipe.json`` matches is left as it is.  It is served by the real
 ``moshi.server`` through the same ``moshi_weights`` files an operator would hand over.
 
-    python -m myca_ops.lab.weights OUT_DIR [--seed 0] [--dim 256] [--layers 2]
+With ``--flavour personaplex`` the checkpoint is in NVIDIA's PersonaPlex layout instead: the
+depformer has a step per codebook of both streams (16), its attention weights in moshi's older
+stacked layout, and the voices are PersonaPlex voice files too (``voices/*.pt`` and
+``voices.tgz``: the LM's input embeddings over a WAV voice's steps, then its token cache).
+
+    python -m myca_ops.lab.weights OUT_DIR [--seed 0] [--dim 256] [--layers 2] [--flavour personaplex]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -104,12 +110,80 @@ def write_voices(folder: Path) -> None:
             sphn.write_wav(str(folder / name), speech_like(2.0, seed=seed), SAMPLE_RATE)
 
 
+def personaplex_layout(state: dict, steps: int) -> dict:
+    """An LM's tensors as PersonaPlex's checkpoint names them: each attention's per-step
+    projections stacked in one matrix (in_proj_weight, out_proj.weight)."""
+    import torch
+
+    out, stacks = {}, {}
+    for key, tensor in state.items():
+        m = re.match(r"^(.*\.self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$", key)
+        if m:
+            name = f"{m.group(1)}.{'in_proj_weight' if m.group(2) == 'in_projs' else 'out_proj.weight'}"
+            stacks.setdefault(name, {})[int(m.group(3))] = tensor
+        else:
+            out[key] = tensor
+    for name, parts in stacks.items():
+        out[name] = torch.cat([parts[i] for i in sorted(parts)]).contiguous()
+    return out
+
+
+def write_replay_voices(out: Path) -> None:
+    """A PersonaPlex voice file per lab WAV voice, made by this checkpoint's own model: the LM's
+    input embedding at each of the voice's steps, and the token cache after them in PersonaPlex's
+    ring (moshi's + 1 column): the column the next step reads, and the next, which holds the last
+    frame's delayed codebooks."""
+    import tarfile
+
+    import numpy as np
+    import torch
+
+    from myca_ops.voice import model
+
+    env = {"MYCA_MOSHI_FLAVOUR": "personaplex", "MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_WEIGHTS_DIR": str(out)}
+    loaded = model.load(env)
+    prompts = loaded.prompts(out / VOICES_DIR)
+    seen: list = []
+    loaded.lm.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 0].clone()))
+    for name in LAB_VOICES:
+        engine = loaded.engine(1, prefill_steps=1)
+        seen.clear()
+        steps = len(prompts.voices[name])
+        engine.prefill(0, prompts.make("", name, name))
+        for _ in range(steps):
+            engine.tick({})
+        cache = engine.lm_gen._streaming_state.cache[0]
+        ring = cache.shape[1] + 1
+        saved = torch.full((cache.shape[0], ring), -2, dtype=torch.long)
+        saved[:, steps % ring] = cache[:, steps % cache.shape[1]]
+        delays = np.asarray(loaded.lm.delays[1 : 1 + model.OWN_CODEBOOKS])
+        saved[1 : 1 + model.OWN_CODEBOOKS, (steps + 1) % ring] = torch.from_numpy(
+            np.where(delays > 0, prompts.voices[name][-1], 0)
+        )
+        torch.save(
+            {"embeddings": torch.stack(seen[-steps:])[:, None, None], "cache": saved[None]},
+            out / VOICES_DIR / name.replace(".wav", ".pt"),
+        )
+        engine.close()
+    with tarfile.open(out / "voices.tgz", "w:gz") as archive:
+        for name in LAB_VOICES:
+            archive.add(out / VOICES_DIR / name.replace(".wav", ".pt"), f"{VOICES_DIR}/{name.replace('.wav', '.pt')}")
+
+
 def generate(
-    out: Path, seed: int = 0, dim: int = 256, layers: int = 2, vocab: int = 400, context: int | None = None
+    out: Path,
+    seed: int = 0,
+    dim: int = 256,
+    layers: int = 2,
+    vocab: int = 400,
+    context: int | None = None,
+    flavour: str = "kyutai",
 ) -> Path:
     recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
     if context:
         recipe["context"] = context
+    if flavour != "kyutai":
+        recipe["flavour"] = flavour
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / RECIPE_FILE
     write_voices(out / VOICES_DIR)
@@ -119,7 +193,7 @@ def generate(
 
     import torch
     from moshi.models import loaders
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     recipe_path.unlink(missing_ok=True)  # a run cut short leaves no valid-looking folder
     torch.manual_seed(seed)
@@ -128,8 +202,13 @@ def generate(
 
     config = lm_config(dim, layers, vocab, context)
     print(f"[weights] random LM: dim {dim}, {layers} layers, depformer {dim // 2} x {layers}", flush=True)
-    lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
-    save_model(lm, str(out / MOSHI_FILE))
+    if flavour == "personaplex":  # a depformer step per codebook of both streams, as PersonaPlex's
+        config["dep_q"] = config["n_q"]
+        lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
+        save_file(personaplex_layout(lm.state_dict(), config["dep_q"]), str(out / MOSHI_FILE))
+    else:
+        lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
+        save_model(lm, str(out / MOSHI_FILE))
     del lm
     print("[weights] random full-size Mimi (79 M parameters, about 385 MB)", flush=True)
     mimi = loaders.get_mimi(None, device="cpu")
@@ -138,6 +217,9 @@ def generate(
 
     full = dict(config, moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, tokenizer_name=TOKENIZER_FILE, model_type="moshi")
     (out / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    if flavour == "personaplex":
+        print("[weights] PersonaPlex voice files from the WAV voices", flush=True)
+        write_replay_voices(out)
     recipe_path.write_text(json.dumps(recipe) + "\n")
     print(f"[weights] checkpoint written to {out}", flush=True)
     return out
@@ -151,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=400, help="tokenizer pieces, also the LM's text_card")
     parser.add_argument("--context", type=int, help="the LM's context in frames (default: the 7B's 3000)")
+    parser.add_argument("--flavour", choices=["kyutai", "personaplex"], default="kyutai", help="whose layout")
     args = parser.parse_args(argv)
-    generate(args.out, args.seed, args.dim, args.layers, args.vocab, args.context)
+    generate(args.out, args.seed, args.dim, args.layers, args.vocab, args.context, args.flavour)
     return 0
 
 

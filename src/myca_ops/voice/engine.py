@@ -15,6 +15,8 @@ model's channels forced, no Mimi), in the same ticks as the talking slots and up
 ``prefill_steps`` steps per tick while the tick stays under PREFILL_TICK_MS (every model step
 steps the whole batch: the talking slots must not pay for a prompt); :meth:`snapshot` keeps the state it ends in (the filled part of
 the KV caches, offsets, token buffers) and :meth:`restore` gives it to the next slot that needs it.
+A PersonaPlex voice file's steps (``Prompt.replay``) give the LM their saved input embeddings
+instead of tokens (:class:`ReplayInput`), then the slot's token cache is set from the file.
 """
 
 from __future__ import annotations
@@ -49,11 +51,37 @@ class SlotState:
         return sum(t.nbytes for t in [*self.rows.values(), *self.rings])
 
 
+class ReplayInput:
+    """Per-slot embeddings in place of the LM's input tokens (a PersonaPlex voice file's steps):
+    for the slots in `mask`, the audio embeddings give zeros and the text embedding gives
+    `embedding`, so the temporal transformer takes exactly the saved input.  Hooks on the LM's
+    input embeddings, installed before CUDA graphs are captured; the buffers change in place."""
+
+    def __init__(self, torch, lm, slots: int, device: str) -> None:
+        self.torch = torch
+        dtype = lm.text_emb.weight.dtype
+        self.mask = torch.zeros(slots, 1, 1, dtype=torch.bool, device=device)
+        self.embedding = torch.zeros(slots, 1, lm.dim, dtype=dtype, device=device)
+        self.hooks = [emb.register_forward_hook(self._zero) for emb in lm.emb]
+        self.hooks.append(lm.text_emb.register_forward_hook(self._replace))
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def _zero(self, module, args, out):
+        return self.torch.where(self.mask, self.torch.zeros_like(out), out)
+
+    def _replace(self, module, args, out):
+        return self.torch.where(self.mask, self.embedding.to(out.dtype), out)
+
+
 class SlotEngine:
-    def __init__(self, mimi, lm_gen, slots: int, device: str, prefill_steps: int = 4) -> None:
+    def __init__(self, mimi, lm_gen, slots: int, device: str, prefill_steps: int = 4, replay: bool = False) -> None:
         import torch
 
         self.torch, self.mimi, self.lm_gen, self.slots, self.device = torch, mimi, lm_gen, slots, device
+        self.replay = ReplayInput(torch, lm_gen.lm_model, slots, device) if replay else None
         if not lm_gen.support_out_of_sync:
             # Without it LMGen answers None for every slot while any one is in its delay.
             raise ValueError("the LMGen must be made with support_out_of_sync=True")
@@ -64,7 +92,8 @@ class SlotEngine:
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
         self.prefill_steps = max(1, prefill_steps)  # a prefilling slot's LM steps per tick
-        self.prefilling: dict[int, list] = {}  # slot: [Prompt, next step, its forced and user tokens on the device]
+        # slot: [Prompt, next step, its forced and user tokens, replayed embeddings, restored tokens] on the device
+        self.prefilling: dict[int, list] = {}
         self.prefilled: list[tuple] = []  # (slot, Prompt) whose prompt ended in the last tick
         self.last_tick: tuple[float, float] | None = None  # (ms without extra prompt steps, ms per LM step)
         self._rows, self._rings = self._slot_tensors()
@@ -144,13 +173,22 @@ class SlotEngine:
     def prefill(self, slot: int, prompt) -> None:
         """Step this (reset) slot through `prompt` in the next ticks; it is in `prefilled` after
         the tick that ends it.  The slot takes no audio meanwhile."""
-        forced = self.torch.from_numpy(prompt.forced).to(self.device)
-        user = self.torch.from_numpy(prompt.user).to(self.device)
-        self.prefilling[slot] = [prompt, 0, forced, user]
+        torch = self.torch
+        forced = torch.from_numpy(prompt.forced).to(self.device)
+        user = torch.from_numpy(prompt.user).to(self.device)
+        replay = restore = None
+        if prompt.replay is not None:
+            if self.replay is None:
+                raise ValueError(f"{prompt.label}: a .pt voice needs an engine made with replay=True")
+            replay = torch.from_numpy(prompt.replay).to(self.device, self.replay.embedding.dtype)
+            restore = torch.from_numpy(prompt.restore).to(self.device)
+        self.prefilling[slot] = [prompt, 0, forced, user, replay, restore]
 
     def close(self) -> None:
         """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
         self._streaming.close()
+        if self.replay is not None:
+            self.replay.remove()
 
     def _mask(self, members) -> object:
         mask = self.torch.zeros(self.slots, dtype=self.torch.bool)
@@ -236,6 +274,13 @@ class SlotEngine:
             codes = codes.clone()
             for k in prefilling:
                 codes[k, :, 0] = self.prefilling[k][3]
+        if self.replay is not None:
+            self.replay.mask.zero_()
+            for k in prefilling:
+                replay, step = self.prefilling[k][4], self.prefilling[k][1]
+                if replay is not None and step < len(replay):
+                    self.replay.mask[k] = True
+                    self.replay.embedding[k, 0] = replay[step]
         self.lm_gen.set_exec_mask(self._mask(talking + prefilling))
         tokens = self.lm_gen.step(codes)  # (B, 9, 1): ungenerated ids where a slot is masked or delayed
         for k in talking + prefilling:
@@ -247,6 +292,8 @@ class SlotEngine:
                 entry = self.prefilling[k]
                 forced, position = entry[2][entry[1]], self.steps[k] % ring
                 cache[k, :width, position] = self.torch.where(forced >= 0, forced, cache[k, :width, position])
+                if entry[4] is not None and entry[1] == len(entry[4]) - 1:  # the voice's last replayed step
+                    cache[k, :, position] = entry[5]
                 entry[1] += 1
                 if entry[1] == len(entry[2]):
                     del self.prefilling[k]

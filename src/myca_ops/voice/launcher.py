@@ -28,22 +28,14 @@ from pathlib import Path
 from myca_ops.voice import compile_cache, model
 
 SERVERS = ("batched", "upstream")
-# Whose moshi.server runs upstream: Kyutai's, or NVIDIA's PersonaPlex fork (no --config-path or
-# --half in its parser; prompts from the query; voices from --voice-prompt-dir; it asks the hub
-# for its repo's config.json at every start, from the cache under HF_HUB_OFFLINE).
-FLAVOURS = ("kyutai", "personaplex")
+# Upstream, NVIDIA's PersonaPlex fork of moshi.server (model.flavour) has no --config-path or
+# --half in its parser, takes prompts from the query and voices from --voice-prompt-dir, and asks
+# the hub for its repo's config.json at every start (from the cache under HF_HUB_OFFLINE).
 VOICES_ARCHIVE = "voices.tgz"
 
 
-def flavour(env: dict[str, str]) -> str:
-    name = env.get("MYCA_MOSHI_FLAVOUR", "") or "kyutai"
-    if name not in FLAVOURS:
-        raise ValueError(f"MYCA_MOSHI_FLAVOUR is {name!r}; expected one of {', '.join(FLAVOURS)} (moshi_flavour)")
-    return name
-
-
 def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_path: Path) -> list[str]:
-    personaplex = flavour(env) == "personaplex"
+    personaplex = model.flavour(env) == "personaplex"
     argv = [
         "moshi.server",
         "--host",

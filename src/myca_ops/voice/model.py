@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,19 @@ SMALL_LM = {
     "depformer_num_layers": 2,
     "depformer_dim_feedforward": 528,
 }
+
+# Whose checkpoint: Kyutai's (moshiko, loaded as its config.json says) or NVIDIA's PersonaPlex
+# (the same LM, whose depformer also predicts the caller's codebooks: personaplex_lm).
+FLAVOURS = ("kyutai", "personaplex")
+OWN_CODEBOOKS = 8  # the model's own audio codebooks, the depformer's steps this project runs
+
+
+def flavour(env: dict[str, str]) -> str:
+    name = env.get("MYCA_MOSHI_FLAVOUR", "") or "kyutai"
+    if name not in FLAVOURS:
+        raise ValueError(f"MYCA_MOSHI_FLAVOUR is {name!r}; expected one of {', '.join(FLAVOURS)} (moshi_flavour)")
+    return name
+
 
 # --- Switches --------------------------------------------------------------------------------
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -329,6 +343,60 @@ def moshi_7b_config() -> dict:
         ) from None
 
 
+# --- PersonaPlex's checkpoint ---------------------------------------------------------------------
+# PersonaPlex is moshiko's LM (the same kwargs) whose depformer has a step per audio codebook of
+# both streams (dep_q 16): it also predicts the caller's next codes, which its server then
+# replaces by what the caller said. The model's own 8 codebooks come first and the depformer is
+# causal over its steps, so running only those 8 samples exactly what PersonaPlex samples for the
+# model's voice: the checkpoint is loaded with the caller's steps left out. Its attention weights
+# are in moshi's older layout (one matrix, the steps' blocks stacked), which moshi still loads.
+STEP_KEY = re.compile(r"^(depformer_in|linears|depformer\.layers\.\d+\.gating)\.(\d+)\.")
+STEP_EMB_KEY = re.compile(r"^depformer_emb\.(\d+)\.")  # one per step after the first
+STACKED_KEY = re.compile(r"^depformer\.layers\.\d+\.self_attn\.(in_proj_weight|out_proj\.weight)$")
+
+
+def depformer_steps(state: dict) -> int:
+    return 1 + max(
+        (int(m.group(2)) for key in state if (m := STEP_KEY.match(key)) and m.group(1) == "linears"), default=-1
+    )
+
+
+def own_stream(state: dict, keep: int = OWN_CODEBOOKS) -> dict:
+    """The checkpoint's tensors for a depformer of its first `keep` steps."""
+    steps = depformer_steps(state)
+    if steps < keep:
+        raise ValueError(
+            f"the checkpoint's depformer has {steps} steps, fewer than the model's {keep} audio codebooks: "
+            "is it a Moshi or PersonaPlex checkpoint? (moshi_flavour, moshi_hf_repo)"
+        )
+    kept = {}
+    for key, tensor in state.items():
+        step = STEP_KEY.match(key)
+        emb = STEP_EMB_KEY.match(key)
+        if (step and int(step.group(2)) >= keep) or (emb and int(emb.group(1)) >= keep - 1):
+            continue
+        if STACKED_KEY.match(key):
+            tensor = tensor.reshape(steps, -1, *tensor.shape[1:])[:keep].reshape(-1, *tensor.shape[1:])
+        kept[key] = tensor
+    return kept
+
+
+def personaplex_lm(paths: dict[str, Path | None], device_name: str, dtype):
+    """PersonaPlex's LM with the model's own depformer steps (own_stream). Its kwargs: the
+    checkpoint's config.json when that is moshi's kind (has `dim`), else moshiko's 7B, which
+    PersonaPlex's own loader hard-codes."""
+    from moshi.models import loaders
+    from safetensors.torch import load_file
+
+    config = json.loads(paths["config"].read_text()) if paths["config"] is not None else {}
+    kwargs = {k: v for k, v in config.items() if not k.endswith("_name") and k not in ("model_type", "lm_gen_config")}
+    kwargs = (kwargs if "dim" in kwargs else moshi_7b_config()) | {"dep_q": OWN_CODEBOOKS}
+    lm = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=dtype)
+    state = own_stream(load_file(str(paths["moshi"]), device=device_name))
+    lm.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, assign=True)
+    return lm.eval()
+
+
 # --- Loading --------------------------------------------------------------------------------------
 def dtype_for(device_name: str, half: bool):
     """bf16 (fp16 with half) on a GPU, as moshi.server; float32 on CPU, where bf16 is slow."""
@@ -358,11 +426,12 @@ class Loaded:
         conditions = get_condition_tensors(self.model_type, self.lm, batch_size=batch, cfg_coef=1.0)
         return LMGen(self.lm, condition_tensors=conditions, **self.gen_config)
 
-    def engine(self, slots: int, prefill_steps: int = 4):
-        """The batched server's engine with `slots` slots, warmed up (CUDA graphs are captured then)."""
+    def engine(self, slots: int, prefill_steps: int = 4, replay: bool = False):
+        """The batched server's engine with `slots` slots, warmed up (CUDA graphs are captured then);
+        `replay`: its prompts may replay a voice's embeddings (Prompts.replays)."""
         from myca_ops.voice.engine import SlotEngine
 
-        engine = SlotEngine(self.mimi, self.lm_gen(slots), slots, self.device, prefill_steps)
+        engine = SlotEngine(self.mimi, self.lm_gen(slots), slots, self.device, prefill_steps, replay)
         warm_up(engine)
         return engine
 
@@ -371,7 +440,7 @@ class Loaded:
         an engine streams Mimi)."""
         from myca_ops.voice.persona import Prompts
 
-        return Prompts(self.mimi, self.tokenizer, self.lm.delays, self.lm.context or 0, voices_dir)
+        return Prompts(self.mimi, self.tokenizer, self.lm.delays, self.lm.context or 0, voices_dir, self.lm.dim)
 
     def slot_bytes(self) -> int:
         """GPU memory one slot's streaming state takes (KV caches, codec state), measured."""
@@ -422,6 +491,12 @@ def load(env: dict[str, str], random_size: str | None = None) -> Loaded:
         lm = loaders.get_moshi_lm(None, device=where, dtype=dtype, lm_kwargs_overrides=overrides)
         return Loaded(mimi, lm, where, dtype, gen_config)
     paths = resolve_weights(weights_dir(env))
+    if flavour(env) == "personaplex":
+        import sentencepiece
+
+        mimi = loaders.get_mimi(str(paths["mimi"]), device=where)
+        tokenizer = sentencepiece.SentencePieceProcessor(str(paths["tokenizer"]))
+        return Loaded(mimi, personaplex_lm(paths, where, dtype), where, dtype, gen_config, "moshi", tokenizer)
     info = loaders.CheckpointInfo.from_hf_repo(
         "local/unused", paths["moshi"], paths["mimi"], paths["tokenizer"], config_path=config_or_default(paths)
     )

@@ -24,7 +24,9 @@ SILENCE_STEPS = 6  # 0.5 s at 12.5 frames/s, around the text prompt, as PersonaP
 ZERO_TEXT = 3  # PersonaPlex's text token while the voice plays and in the silences (moshi's padding id)
 SINE_HZ, SINE_AMPLITUDE = 440.0, 0.5  # the caller's channel during the prompt, as PersonaPlex
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-VOICE_SUFFIX = ".wav"
+# A voice: a WAV file (Mimi encodes it at start), or one of PersonaPlex's voice files (.pt, as in
+# its voices.tgz): the embeddings its LM took at each step of the voice, then its token cache.
+WAV, REPLAY = ".wav", ".pt"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class Prompt:
     label: str  # the persona's name, or "client prompt"
     forced: object  # (steps, 1 + audio codebooks) int64 numpy
     user: object  # (codebooks,) int64 numpy
+    # A .pt voice: the LM's input embeddings of its first steps, (steps, dim) float32 numpy, in
+    # place of tokens; then the slot's token cache column at the step after them, (codebooks + 1,).
+    replay: object = None
+    restore: object = None
 
     @property
     def steps(self) -> int:
@@ -92,7 +98,9 @@ class Prompts:
     """Makes Prompts for one model: Mimi's codes for the sine, the silence and each voice (encoded
     once, before the engine streams), the text tokenizer, the LM's delays and context."""
 
-    def __init__(self, mimi, tokenizer, delays: list[int], context: int, voices_dir: Path | None = None) -> None:
+    def __init__(
+        self, mimi, tokenizer, delays: list[int], context: int, voices_dir: Path | None = None, model_dim: int = 0
+    ) -> None:
         import numpy as np
 
         self.np, self.tokenizer, self.delays, self.context = np, tokenizer, list(delays), context
@@ -100,10 +108,36 @@ class Prompts:
         sine = (SINE_AMPLITUDE * np.sin(2 * np.pi * SINE_HZ * t)).astype(np.float32)
         self.sine = self._encode(mimi, sine)[0]
         self.silence = self._encode(mimi, np.zeros(FRAME_SAMPLES, dtype=np.float32))[0]
-        self.voices: dict[str, object] = {}
+        self.voices: dict[str, object] = {}  # a WAV's Mimi codes, (frames, codebooks)
+        self.replays: dict[str, tuple] = {}  # a .pt voice's (embeddings, token cache)
         if voices_dir is not None and voices_dir.is_dir():
-            for path in sorted(voices_dir.glob(f"*{VOICE_SUFFIX}")):
+            for path in sorted(voices_dir.glob(f"*{WAV}")):
                 self.voices[path.name] = self._encode(mimi, self._read(path))
+            for path in sorted(voices_dir.glob(f"*{REPLAY}")):
+                self.replays[path.name] = self._read_replay(path, model_dim, len(self.delays))
+
+    @staticmethod
+    def _read_replay(path: Path, model_dim: int, codebooks: int) -> tuple:
+        """A PersonaPlex voice file: {"embeddings": (steps, ..., dim), "cache": (1, codebooks, ring)}."""
+        import torch
+
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            embeddings, cache = saved["embeddings"].float(), saved["cache"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same answer
+            raise ValueError(f"voice {path.name}: not a PersonaPlex voice file ({exc})") from None
+        embeddings = embeddings.reshape(len(embeddings), -1)
+        if embeddings.shape[1] != model_dim or cache.dim() != 3 or cache.shape[1] != codebooks:
+            raise ValueError(
+                f"voice {path.name} was made for another model (embeddings {tuple(embeddings.shape)}, cache "
+                f"{tuple(cache.shape)}; this model: dim {model_dim}, {codebooks} codebooks): use the voices.tgz of "
+                "the checkpoint it runs"
+            )
+        return embeddings.numpy(), cache[0].numpy()
+
+    @property
+    def known(self) -> list[str]:
+        return sorted([*self.voices, *self.replays])
 
     def _read(self, path: Path):
         import sphn
@@ -129,11 +163,20 @@ class Prompts:
 
     def make(self, text: str, voice: str | None, label: str) -> Prompt:
         np = self.np
-        if voice is not None and voice not in self.voices:
-            known = ", ".join(self.voices) or "none"
-            raise ValueError(f"unknown voice {voice!r} (voices: {known})")
+        if voice is not None and voice not in self.known:
+            raise ValueError(f"unknown voice {voice!r} (voices: {', '.join(self.known) or 'none'})")
         tokens = self.tokenizer.encode(wrap(text)) if text.strip() and self.tokenizer is not None else []
-        voice_frames = self.voices[voice] if voice is not None else np.zeros((0, len(self.silence)), np.int64)
+        replay = restore = None
+        if voice in self.replays:
+            # Its steps take embeddings, not these frames; the slot's tokens come back from its cache
+            # (the column after them; the next holds the last frame's delayed codebooks, written ahead).
+            replay, cache = self.replays[voice]
+            steps, ring = len(replay), cache.shape[1]
+            voice_frames = np.zeros((steps, len(self.silence)), np.int64)
+            voice_frames[-1] = cache[1 : 1 + len(self.silence), (steps + 1) % ring]
+            restore = cache[:, steps % ring]
+        else:
+            voice_frames = self.voices[voice] if voice is not None else np.zeros((0, len(self.silence)), np.int64)
         silence = np.repeat(self.silence[None], SILENCE_STEPS, axis=0)
         audio = np.concatenate([voice_frames, silence, np.repeat(self.silence[None], len(tokens), axis=0), silence])
         text_steps = np.concatenate(
@@ -156,4 +199,4 @@ class Prompts:
         for c in range(audio.shape[1]):
             d = self.delays[1 + c]
             forced[d:, 1 + c] = audio[: steps - d, c]
-        return Prompt((text, voice), label, forced, self.sine)
+        return Prompt((text, voice), label, forced, self.sine, replay, restore)

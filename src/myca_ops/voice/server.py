@@ -90,7 +90,7 @@ class Settings:
     # A session with a persona that reaches the model's context: wrap (talk on; its prompt leaves
     # the model's window step by step, as moshi.server's would) or end (closed with the reason).
     past_context: str = "wrap"
-    voices_dir: str = ""  # the voice files (WAV); "": the weights folder's voices/
+    voices_dir: str = ""  # the voice files (WAV, or PersonaPlex's .pt); "": the weights folder's voices/
     # Whether this start found compiled kernels (myca_ops.voice.compile_cache), and when it began.
     compile_cache: tuple[str, str] = ("unused", "not prepared")
     started_at: float = field(default_factory=time.monotonic)
@@ -745,7 +745,7 @@ def builder(settings: Settings, env: dict[str, str]):
                 loaded.slots_for_gpu(sum(p.steps for p in made)) if settings.device.startswith("cuda") else (1, "CPU")
             )
             log.info("slots: %d (%s)", slots, how)
-        return loaded.engine(slots, settings.prefill_steps), loaded.tokenizer, prompts
+        return loaded.engine(slots, settings.prefill_steps, bool(prompts.replays)), loaded.tokenizer, prompts
 
     return build
 
