@@ -126,6 +126,8 @@ class Prompts:
             embeddings, cache = saved["embeddings"].float(), saved["cache"]
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same answer
             raise ValueError(f"voice {path.name}: not a PersonaPlex voice file ({exc})") from None
+        if not len(embeddings):
+            raise ValueError(f"voice {path.name}: a PersonaPlex voice file with no steps")
         embeddings = embeddings.reshape(len(embeddings), -1)
         if embeddings.shape[1] != model_dim or cache.dim() != 3 or cache.shape[1] != codebooks:
             raise ValueError(
