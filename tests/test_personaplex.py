@@ -32,7 +32,7 @@ def test_the_cut_depformer_samples_the_models_codebooks_as_the_whole_one_does():
     from myca_ops.lab.weights import personaplex_layout
 
     whole, config = tiny_lm(16)
-    stored = personaplex_layout(whole.state_dict(), 16)
+    stored = personaplex_layout(whole.state_dict())
     assert voice_model.depformer_steps(stored) == 16
     assert "depformer.layers.0.self_attn.in_proj_weight" in stored  # moshi's older, stacked layout
     cut = loaders.get_moshi_lm(None, lm_kwargs=config | {"dep_q": 8}, device="meta", dtype=torch.float32)

@@ -110,7 +110,7 @@ def write_voices(folder: Path) -> None:
             sphn.write_wav(str(folder / name), speech_like(2.0, seed=seed), SAMPLE_RATE)
 
 
-def personaplex_layout(state: dict, steps: int) -> dict:
+def personaplex_layout(state: dict) -> dict:
     """An LM's tensors as PersonaPlex's checkpoint names them: each attention's per-step
     projections stacked in one matrix (in_proj_weight, out_proj.weight)."""
     import torch
@@ -205,7 +205,7 @@ def generate(
     if flavour == "personaplex":  # a depformer step per codebook of both streams, as PersonaPlex's
         config["dep_q"] = config["n_q"]
         lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
-        save_file(personaplex_layout(lm.state_dict(), config["dep_q"]), str(out / MOSHI_FILE))
+        save_file(personaplex_layout(lm.state_dict()), str(out / MOSHI_FILE))
     else:
         lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
         save_model(lm, str(out / MOSHI_FILE))
