@@ -125,3 +125,53 @@ def test_a_voice_file_needs_an_engine_that_replays(personaplex):
     with pytest.raises(ValueError, match="needs an engine made with replay=True"):
         eng.prefill(0, prompts.make(MYCA, "myca.pt", "myca"))
     eng.close()
+
+
+# NVIDIA's server's venv pins huggingface-hub<0.25 (its moshi/pyproject.toml); the fetch runs in it.
+OLDEST_HUB = "huggingface-hub==0.24.7"
+
+
+def test_the_fetch_runs_under_personaplexs_own_pins(personaplex, tmp_path):
+    """`myca-moshi fetch --voices` with the huggingface-hub NVIDIA's server's venv has, against a hub
+    that holds the lab's PersonaPlex checkpoint: the weights linked, the voices unpacked, the hub
+    cache's main set to the revision (that server reads config.json from there offline)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from myca_ops.lab import hub
+
+    folder = personaplex[0]
+    hub_dir = folder.parent / "huggingface-hub-0.24"  # kept beside the lab's weights: installed once
+    if not (hub_dir / "huggingface_hub").is_dir():
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(hub_dir), OLDEST_HUB]
+        installed = subprocess.run(pip, capture_output=True, text=True)
+        assert installed.returncode == 0, f"pip could not install {OLDEST_HUB}: {installed.stderr[-1500:]}"
+    server = hub.serve("nvidia/personaplex-7b-v1", folder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(hub_dir),
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    commit = hub.commit_of(folder)
+    argv = [sys.executable, "-m", "myca_ops.voice.launcher", "fetch", "--repo", "nvidia/personaplex-7b-v1"]
+    argv += ["--revision", commit, "--dest", str(tmp_path / "weights"), "--voices"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        version = subprocess.run(
+            [sys.executable, "-c", "import huggingface_hub as h; print(h.__version__)"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    finally:
+        server.shutdown()
+    assert version.stdout.strip() == OLDEST_HUB.split("==")[1]  # the fetch ran with that version
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "weights" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "weights" / "voices").iterdir()) == ["field.pt", "myca.pt"]
+    refs = tmp_path / "hf-cache" / "models--nvidia--personaplex-7b-v1" / "refs" / "main"
+    assert refs.read_text() == commit

@@ -172,3 +172,56 @@ def test_personaplexs_own_server_refuses_half_and_its_checks_send_both_prompts(t
     assert expected in shown.stdout, shown.stdout[-1500:]
     shown = run_play(play, "-e", "moshi_flavour=personaplex")  # the batched server refuses client prompts
     assert '"moshi_chat_url": "ws://127.0.0.1:8998/api/chat"' in shown.stdout, shown.stdout[-1500:]
+
+
+# NVIDIA's package's own pins (moshi/pyproject.toml of NVIDIA/personaplex at moshi_personaplex_revision).
+PERSONAPLEX_PINS = {
+    "numpy": ">=1.26,<2.2",
+    "safetensors": ">=0.4.0,<0.5",
+    "huggingface-hub": ">=0.24,<0.25",
+    "einops": "==0.7",
+    "sentencepiece": "==0.2",
+    "sphn": ">=0.1.4,<0.2",
+    "torch": ">=2.2.0,<2.5",
+    "aiohttp": ">=3.10.5,<3.11",
+}
+
+
+def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
+    """pip steps for NVIDIA's server: its package with its own dependencies and a torch inside its
+    pin; none of the role's pins for Kyutai's package (sphn>=0.2, aiohttp>=3.11 exclude its pins)."""
+    import json
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    play = tmp_path / "steps.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n"
+        f"  vars_files: [{ROOT}/roles/moshi/defaults/main.yml, {ROOT}/roles/moshi/vars/main.yml]\n"
+        "  tasks:\n    - ansible.builtin.copy: {content: '{{ moshi_pip_steps | to_json }}', dest: "
+        f"{tmp_path}/steps.json, mode: '0644'}}\n"
+    )
+
+    def steps(*variables: str) -> list[dict]:
+        extra = [arg for v in ('{"gpu_facts": {"gpu_count": 0}}', *variables) for arg in ("-e", v)]
+        out = run_play(play, *extra)
+        assert out.returncode == 0, out.stdout[-1500:]
+        return json.loads((tmp_path / "steps.json").read_text())
+
+    own = steps("moshi_flavour=personaplex", "moshi_server=upstream")
+    requirements = [Requirement(p) for step in own for p in step["packages"]]
+    assert [r.name for r in requirements] == ["torch", "moshi-personaplex"]
+    assert not any(step.get("no_deps") for step in own)  # pip resolves its pins
+    assert requirements[1].url.endswith("personaplex@3428dfd95309a7f3c84fd93259ded0f810d1ff91#subdirectory=moshi")
+    torch_pin = next(iter(requirements[0].specifier)).version
+    assert SpecifierSet(PERSONAPLEX_PINS["torch"]).contains(torch_pin)
+    # From the operator's wheels, by name (pip --no-index takes no URL).
+    wheels = steps("moshi_flavour=personaplex", "moshi_server=upstream", "moshi_wheelhouse=/srv/wheels")
+    assert wheels[1]["packages"] == ["moshi-personaplex"]
+    # Kyutai's package, and PersonaPlex's checkpoint on the batched server, keep the role's pins.
+    for variables in ((), ("moshi_flavour=personaplex",)):
+        kyutai = [Requirement(p) for step in steps(*variables) for p in step["packages"]]
+        assert [r.name for r in kyutai][0] == "torch" and kyutai[-1].name == "moshi"
+        clashes = [r.name for r in kyutai if r.name in PERSONAPLEX_PINS and r.name != "torch"]
+        assert {"sphn", "aiohttp"} <= set(clashes)

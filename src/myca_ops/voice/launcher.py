@@ -113,8 +113,9 @@ def fetch(repo: str, revision: str, dest: Path, token: str | None, voices: bool 
     """Download a checkpoint from the hub (resumable, progress to the log) under the canonical names;
     with `voices`, PersonaPlex's voices.tgz too, unpacked into the weights folder's voices/, and the
     revision recorded as the repo's main (its server asks the cache for config.json at main)."""
+    # The errors from utils: the huggingface-hub<0.25 of PersonaPlex's own venv has none in its errors module.
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from moshi.models import loaders
 
     cache = dest.parent / "hf-cache"
