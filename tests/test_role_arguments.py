@@ -198,9 +198,13 @@ def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
     play = tmp_path / "steps.yml"
     play.write_text(
         "- hosts: localhost\n  gather_facts: false\n"
-        f"  vars_files: [{ROOT}/roles/moshi/defaults/main.yml, {ROOT}/roles/moshi/vars/main.yml]\n"
+        f"  vars_files: [{ROOT}/roles/moshi/defaults/main.yml, {ROOT}/roles/moshi/vars/main.yml,"
+        f" {ROOT}/roles/python_service/vars/main.yml]\n"
+        "  vars: {python_service_pip_steps: '{{ moshi_pip_steps }}'}\n"
         "  tasks:\n    - ansible.builtin.copy: {content: '{{ moshi_pip_steps | to_json }}', dest: "
         f"{tmp_path}/steps.json, mode: '0644'}}\n"
+        "    - ansible.builtin.copy: {content: '{{ python_service_pip_git | to_json }}', dest: "
+        f"{tmp_path}/apt.json, mode: '0644'}}\n"
     )
 
     def steps(*variables: str) -> list[dict]:
@@ -209,7 +213,11 @@ def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
         assert out.returncode == 0, out.stdout[-1500:]
         return json.loads((tmp_path / "steps.json").read_text())
 
+    def git_installed() -> bool:  # the host (and the image) gets git for pip to clone with
+        return json.loads((tmp_path / "apt.json").read_text()) == ["git"]
+
     own = steps("moshi_flavour=personaplex", "moshi_server=upstream")
+    assert git_installed()
     requirements = [Requirement(p) for step in own for p in step["packages"]]
     assert [r.name for r in requirements] == ["torch", "moshi-personaplex"]
     assert not any(step.get("no_deps") for step in own)  # pip resolves its pins
@@ -218,10 +226,10 @@ def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
     assert SpecifierSet(PERSONAPLEX_PINS["torch"]).contains(torch_pin)
     # From the operator's wheels, by name (pip --no-index takes no URL).
     wheels = steps("moshi_flavour=personaplex", "moshi_server=upstream", "moshi_wheelhouse=/srv/wheels")
-    assert wheels[1]["packages"] == ["moshi-personaplex"]
+    assert wheels[1]["packages"] == ["moshi-personaplex"] and not git_installed()
     # Kyutai's package, and PersonaPlex's checkpoint on the batched server, keep the role's pins.
     for variables in ((), ("moshi_flavour=personaplex",)):
         kyutai = [Requirement(p) for step in steps(*variables) for p in step["packages"]]
         assert [r.name for r in kyutai][0] == "torch" and kyutai[-1].name == "moshi"
         clashes = [r.name for r in kyutai if r.name in PERSONAPLEX_PINS and r.name != "torch"]
-        assert {"sphn", "aiohttp"} <= set(clashes)
+        assert {"sphn", "aiohttp"} <= set(clashes) and not git_installed()
