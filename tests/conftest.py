@@ -91,6 +91,19 @@ def run_module():
     return run
 
 
+def pinned_package(*requirements: str) -> dict:
+    """The environment of a subprocess that imports `requirements` (name==version, without their
+    dependencies) before this venv's own copies: the versions another venv pins (NVIDIA's PersonaPlex
+    server's). Installed once into .lab/pinned/ from the package index."""
+    folder = ROOT / ".lab" / "pinned" / "+".join(r.replace("==", "-") for r in sorted(requirements))
+    if not (folder / ".done").is_file():
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(folder)]
+        installed = subprocess.run([*pip, *requirements], capture_output=True, text=True)
+        assert installed.returncode == 0, f"pip could not install {requirements}: {installed.stderr[-1500:]}"
+        (folder / ".done").touch()
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
 @pytest.fixture(scope="session")
 def lab_weights() -> Path:
     """The lab's generated checkpoint (cached by its recipe; `make lab-assets` makes it first)."""

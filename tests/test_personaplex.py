@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from test_personas import MYCA, SPEECH, identical, same, talk
 
+from conftest import pinned_package
 from myca_ops.voice import model as voice_model
 
 
@@ -127,15 +128,25 @@ def test_a_voice_file_needs_an_engine_that_replays(personaplex):
     eng.close()
 
 
-# NVIDIA's server's venv pins huggingface-hub<0.25 (its moshi/pyproject.toml); the fetch runs in it.
+# NVIDIA's server's venv pins huggingface-hub<0.25 and sphn<0.2 (its moshi/pyproject.toml); the
+# fetch and the role's checks run in it.
 OLDEST_HUB = "huggingface-hub==0.24.7"
+OLDEST_SPHN = "sphn==0.1.12"
+OLDEST_AIOHTTP = "aiohttp==3.10.11"
+
+
+def version_in(env: dict, module: str) -> str:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", f"from importlib.metadata import version; print(version({module!r}))"]
+    return subprocess.run(argv, capture_output=True, text=True, env=env).stdout.strip()
 
 
 def test_the_fetch_runs_under_personaplexs_own_pins(personaplex, tmp_path):
     """`myca-moshi fetch --voices` with the huggingface-hub NVIDIA's server's venv has, against a hub
     that holds the lab's PersonaPlex checkpoint: the weights linked, the voices unpacked, the hub
     cache's main set to the revision (that server reads config.json from there offline)."""
-    import os
     import subprocess
     import sys
     import threading
@@ -143,35 +154,39 @@ def test_the_fetch_runs_under_personaplexs_own_pins(personaplex, tmp_path):
     from myca_ops.lab import hub
 
     folder = personaplex[0]
-    hub_dir = folder.parent / "huggingface-hub-0.24"  # kept beside the lab's weights: installed once
-    if not (hub_dir / "huggingface_hub").is_dir():
-        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(hub_dir), OLDEST_HUB]
-        installed = subprocess.run(pip, capture_output=True, text=True)
-        assert installed.returncode == 0, f"pip could not install {OLDEST_HUB}: {installed.stderr[-1500:]}"
+    env = pinned_package(OLDEST_HUB)
+    assert version_in(env, "huggingface-hub") == OLDEST_HUB.split("==")[1]  # the fetch runs with that version
     server = hub.serve("nvidia/personaplex-7b-v1", folder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(hub_dir),
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_DISABLE_TELEMETRY": "1"}
     commit = hub.commit_of(folder)
     argv = [sys.executable, "-m", "myca_ops.voice.launcher", "fetch", "--repo", "nvidia/personaplex-7b-v1"]
     argv += ["--revision", commit, "--dest", str(tmp_path / "weights"), "--voices"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env)
-        version = subprocess.run(
-            [sys.executable, "-c", "import huggingface_hub as h; print(h.__version__)"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
     finally:
         server.shutdown()
-    assert version.stdout.strip() == OLDEST_HUB.split("==")[1]  # the fetch ran with that version
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "weights" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert sorted(p.name for p in (tmp_path / "weights" / "voices").iterdir()) == ["field.pt", "myca.pt"]
     refs = tmp_path / "hf-cache" / "models--nvidia--personaplex-7b-v1" / "refs" / "main"
     assert refs.read_text() == commit
+
+
+def test_the_voice_probe_runs_under_personaplexs_own_pins(moshi_server):
+    """The role's handshake wait and verify's voice probe run in the server's venv: with NVIDIA's
+    sphn<0.2 (which queues what it encodes and decodes on a thread) and aiohttp<3.11 the probe still
+    streams speech and counts the answer's audio (from its Ogg pages)."""
+    import json
+    import subprocess
+    import sys
+
+    env = pinned_package(OLDEST_SPHN, OLDEST_AIOHTTP)
+    assert version_in(env, "sphn") == "0.1.12" and version_in(env, "aiohttp") == "3.10.11"
+    url, log = moshi_server
+    argv = [sys.executable, "-m", "myca_ops.voice.probe", "--url", url, "--seconds", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["error"] is None, log.read_text()[-2000:]
+    assert result["audio_messages"] > 0 and result["audio_received_s"] > 0 and result["timing_only"]

@@ -204,10 +204,10 @@ def generate(
     print(f"[weights] random LM: dim {dim}, {layers} layers, depformer {dim // 2} x {layers}", flush=True)
     if flavour == "personaplex":  # a depformer step per codebook of both streams, as PersonaPlex's
         config["dep_q"] = config["n_q"]
-        lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
+    if flavour == "personaplex":
         save_file(personaplex_layout(lm.state_dict()), str(out / MOSHI_FILE))
     else:
-        lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
         save_model(lm, str(out / MOSHI_FILE))
     del lm
     print("[weights] random full-size Mimi (79 M parameters, about 385 MB)", flush=True)

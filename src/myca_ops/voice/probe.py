@@ -189,7 +189,8 @@ async def chat_session(
             target,
             ssl=client_ssl(url, cafile, verify_tls),
             max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+            # aiohttp<3.11 (in NVIDIA's PersonaPlex server's venv) takes the close timeout in seconds
+            timeout=aiohttp.ClientWSTimeout(ws_close=timeout) if hasattr(aiohttp, "ClientWSTimeout") else timeout,
             headers=headers or None,
         ) as ws:
             first = await ws.receive(timeout=timeout)
@@ -410,10 +411,19 @@ async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = 
     # Encode before the clock starts: streaming then only sends bytes on time, so the
     # probe's own CPU cost stays far below the server's.
     audio = speech_like(seconds)
+    # sphn<0.2 (in the venv of NVIDIA's PersonaPlex server, where the role's checks run) queues what
+    # it encodes (read_bytes) and decodes on a thread of its own: there the answer is counted from
+    # its Ogg pages, as with timing_only.
+    queued = hasattr(sphn.OpusStreamWriter, "read_bytes")
+    timing_only = timing_only or queued
     writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+
+    def encode(pcm) -> bytes:
+        page = writer.append_pcm(pcm)
+        return writer.read_bytes() if queued else page
+
     pages = [
-        (i / SAMPLE_RATE, writer.append_pcm(audio[i : i + SEND_FRAME]))
-        for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME)
+        (i / SAMPLE_RATE, encode(audio[i : i + SEND_FRAME])) for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME)
     ]
     pages = [(t, bytes([AUDIO]) + page) for t, page in pages if page]
     if timing_only:
