@@ -51,8 +51,10 @@ class Topology:
         return self.value_or(host, name, role_defaults()[name]) if name in role_defaults() else self.vars_of(host)[name]
 
     def address(self, host: str) -> str:
-        """Its ansible_host, else its name."""
-        return self.value_or(host, "ansible_host", host)
+        """Where the stack's other hosts reach `host` and see its connections come from: its
+        stack_lan_address (a WSL2 host: the Windows box's LAN address, since its ansible_host is
+        127.0.0.1 and its traffic leaves through Windows), else its ansible_host, else its name."""
+        return self.vars_of(host).get("stack_lan_address") or self.value_or(host, "ansible_host", host)
 
     def value_or(self, host: str, name: str, default):
         host_vars = self.vars_of(host)

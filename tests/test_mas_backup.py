@@ -9,6 +9,7 @@ import sys
 import time
 
 import asyncpg
+import pytest
 from test_mas import scrape, serve
 
 from myca_ops.mas import backup
@@ -98,3 +99,24 @@ def test_the_mas_exports_the_last_successful_backup_and_zero_before_the_first(tm
     port, server = serve(tmp_path, mas_db)
     with server:
         assert not [k for k in scrape(f"http://127.0.0.1:{port}/metrics") if k.startswith("myca_mas_backup")]
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_naming_both_versions(tmp_path, mas_db, monkeypatch):
+    """Debian 12's pg_dump (15) in the MAS's image against Ubuntu 24.04's server (16): a stand-in
+    pg_dump of an older major against the real server, which pg_dump would refuse mid-backup."""
+    import re
+
+    server = asyncio.run(sql(mas_db, "SELECT current_setting('server_version_num')::int / 10000 AS major"))[0]["major"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pg_dump"
+    fake.write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {server - 1}.4'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(backup.BackupError) as refused:
+        backup.backup(mas_db, tmp_path / "backups", keep=2)
+    assert re.fullmatch(
+        rf"pg_dump is PostgreSQL {server - 1}'s and the server runs PostgreSQL {server}: .*postgresql-client-{server}.*",
+        str(refused.value),
+    )
+    assert not (tmp_path / "backups").exists()  # nothing written

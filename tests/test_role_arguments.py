@@ -233,3 +233,42 @@ def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
         assert [r.name for r in kyutai][0] == "torch" and kyutai[-1].name == "moshi"
         clashes = [r.name for r in kyutai if r.name in PERSONAPLEX_PINS and r.name != "torch"]
         assert {"sphn", "aiohttp"} <= set(clashes) and not git_installed()
+
+
+def test_website_builds_when_its_inputs_change_and_retries_a_failed_build(tmp_path):
+    """A production site inlines NEXT_PUBLIC_ values at build: the build runs (as the folder's owner,
+    before the restart) when .env.local changed, not on a run that changed nothing, and a failed
+    build is tried again on the next run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    log = site / "build.log"
+
+    def converge(url: str, build: str) -> subprocess.CompletedProcess:
+        variables = (
+            f"        website_dir: {site}\n        website_ws_url: {url}\n        website_build_command: '{build}'\n"
+        )
+        return run_role(tmp_path, "website", variables, check=False)
+
+    ok = "grep -c PERSONAPLEX .env.local >> build.log"
+    assert converge("ws://a:8999/api/chat", ok).returncode == 0
+    assert log.read_text() == "1\n"
+    again = converge("ws://a:8999/api/chat", ok)
+    assert again.returncode == 0 and "changed=0" in again.stdout and log.read_text() == "1\n"
+
+    failed = converge("ws://b:8999/api/chat", "echo the-build-broke >&2; exit 1")
+    assert failed.returncode != 0 and "the-build-broke" in failed.stdout
+    assert converge("ws://b:8999/api/chat", ok).returncode == 0  # .env.local unchanged now: built all the same
+    assert log.read_text() == "1\n1\n"
+
+
+def test_website_url_takes_a_platforms_mapped_bridge_port(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  roles:\n    - stack\n    - role: website\n      vars:\n"
+        f"        website_dir: {site}\n        website_bridge_address: pod-1.example\n        website_bridge_port: 40123\n"
+    )
+    out = run_play(play)
+    assert out.returncode == 0, out.stdout
+    assert "NEXT_PUBLIC_PERSONAPLEX_WS_URL=ws://pod-1.example:40123/api/chat\n" in (site / ".env.local").read_text()

@@ -141,7 +141,7 @@ def test_loadtest_refuses_nonsense_before_running_anything(args, message, capsys
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["loadtest", "lab", *args])
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert exit_.value.code == 64 and message in capsys.readouterr().err
 
 
 def test_the_summary_prints_the_load_test_table(tmp_path):
@@ -285,3 +285,19 @@ def test_old_run_folders_are_cleaned(tmp_path):
 def test_a_missing_password_file_is_bad_input(tmp_path):
     with pytest.raises(RunnerError, match="--become-password-file .*: no such file"):
         deploy("lab", project=ROOT, become_password_file=str(tmp_path / "nope"))
+
+
+def test_status_with_every_gpu_host_down_still_shows_the_bridge_and_mas_rows(lab_hosts, tmp_path):
+    """The moment an operator needs `status` most: the GPU host does not answer. Its row says why
+    and the other groups' rows still come (an all-failed play used to end the run)."""
+    inventory = tmp_path / "gpu-down"
+    inventory.mkdir()
+    hosts = (ROOT / "inventory" / "lab" / "hosts.yml").read_text()
+    (inventory / "hosts.yml").write_text(hosts.replace("myca-lab-gpu-host", "myca-lab-no-such-host"))
+    (inventory / "group_vars").symlink_to(ROOT / "inventory" / "lab" / "group_vars")
+    out = myca_ops("status", str(inventory), "--json")
+    assert out.returncode == 4, out.stderr[-3000:]
+    rows = {(r["host"], r["group"]): r for r in json.loads(out.stdout)["status_report"]["hosts"]}
+    assert rows[("gpu-host", "gpu_hosts")]["health_error"].startswith("no answer from the host: ")
+    assert {("bridge", "bridge_hosts"), ("mas-vm", "mas_hosts"), ("mas-vm", "monitoring_hosts")} <= set(rows)
+    assert rows[("bridge", "bridge_hosts")]["services"] and rows[("mas-vm", "mas_hosts")]["services"]

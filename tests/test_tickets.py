@@ -207,3 +207,31 @@ def test_the_ticket_route_checks_the_origin_and_the_rate(ticketed):
     assert statuses == [200, 200, 200, 429]  # ticket_rate_per_min 3
     status, headers, body = post(base + "/api/voice/ticket", SITE)
     assert status == 429 and headers["Retry-After"] == "60" and "at most 3 tickets a minute per address" in body
+
+
+# docs/environments/production.md's rotation: new key last, then first, then the old one removed.
+ROTATION = [["A" * 32], ["A" * 32, "B" * 32], ["B" * 32, "A" * 32], ["B" * 32]]
+
+
+def refused_during(steps: list[list[str]]) -> list[str]:
+    """Tickets refused while a deploy moves the keys from one step to the next. The website
+    converges before the bridge (stack.yml's phases), so for a while the site signs with the new
+    list's first key while the bridge holds the old list; and a ticket the site minted just before
+    reaches the bridge just after its restart."""
+    from myca_ops.bridge.tickets import Refusal, Tickets
+
+    origin, refused = "https://myca.example", []
+    for before, after in zip(steps, steps[1:], strict=False):
+        for site_keys, bridge_keys, when in ((after, before, "site ahead"), (before, after, "ticket in flight")):
+            ticket = Tickets((site_keys[0],), 60).mint(origin)
+            try:
+                Tickets(tuple(bridge_keys), 60).redeem(ticket, origin, None)
+            except Refusal:
+                refused.append(f"{len(before)}->{len(after)} keys: {when}")
+    return refused
+
+
+def test_the_documented_two_step_rotation_refuses_no_ticket():
+    assert refused_during(ROTATION) == []
+    # Putting the new key first at once refuses the pages that the site signs before the bridge restarts.
+    assert refused_during([ROTATION[0], ROTATION[2]]) == ["1->2 keys: site ahead"]

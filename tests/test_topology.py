@@ -98,3 +98,18 @@ def test_an_inventory_without_groups_has_no_urls():
     assert (topo["moshi_url"], topo["bridge_url"], topo["mas_url"], topo["prometheus_url"]) == ("", "", "", "")
     assert topo["bridge_chat_url"] == "ws://solo:8999/api/chat"  # the site's own host, when no bridge is named
     assert topo["firewall_rules"] == [] and topo["node_exporter_hosts"] == []  # no monitoring hosts: no exporter
+
+
+def test_a_wsl2_hosts_peers_use_the_windows_boxs_lan_address():
+    """Ansible reaches the WSL2 host on 127.0.0.1; the MAS VM sees its connections come from the
+    Windows box and reaches its bridge there (portproxy)."""
+    groups = {"gpu_hosts": ["wsl"], "bridge_hosts": ["wsl"], "website_hosts": ["wsl"], "mas_hosts": ["mas"]}
+    wsl = {"ansible_host": "127.0.0.1", "ansible_connection": "local", "stack_lan_address": "192.168.1.20"}
+    hostvars = {"wsl": wsl, "mas": {"ansible_host": "192.168.1.30"}}
+    on_mas = stack(hostvars, groups, "mas")
+    assert rules(on_mas)["mas-api"] == (8001, ["192.168.1.20", "192.168.1.20"])  # the bridge's events, the site
+    assert on_mas["bridge_url"] == "http://192.168.1.20:8999"  # the MAS's check of the bridge
+    on_wsl = stack(hostvars, groups, "wsl")
+    assert on_wsl["moshi_url"] == "ws://127.0.0.1:8998/api/chat"  # the bridge beside it: loopback still
+    without = stack({**hostvars, "wsl": {**wsl, "stack_lan_address": ""}}, groups, "mas")
+    assert rules(without)["mas-api"][1] == ["127.0.0.1", "127.0.0.1"]  # what the variable fixes

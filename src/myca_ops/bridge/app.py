@@ -29,6 +29,7 @@ from myca_ops.bridge.config import BridgeConfig
 from myca_ops.bridge.events import EventSink
 from myca_ops.bridge.tickets import Refusal, Tickets, unauthorized
 from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, watch
+from myca_ops.version import installed
 from myca_ops.voice.health import check
 from myca_ops.voice.protocol import client_ssl
 
@@ -418,7 +419,12 @@ async def healthz(request: web.Request) -> web.Response:
     config, state = request.app[CONFIG], request.app[STATE]
     async with state.health_lock:  # the callers of a burst wait for one check and share it
         if state.health is None or time.monotonic() - state.health[0] >= HEALTH_CACHE_S:
-            body = {"upstream": config.upstream, "sessions": state.active, "max_sessions": config.max_sessions}
+            body = {
+                "upstream": config.upstream,
+                "sessions": state.active,
+                "max_sessions": config.max_sessions,
+                "version": installed(),
+            }
             moshi = await asyncio.to_thread(
                 check, config.upstream, config.connect_timeout_s, state.upstream_ssl or None
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,6 +57,38 @@ def tool(name: str) -> str:
     return path
 
 
+def check_versions(dsn: str) -> None:
+    """Refuse, naming both versions, when pg_dump is older than the server (pg_dump would refuse
+    with "server version mismatch"; Debian 12's client is 15, Ubuntu 24.04's server 16)."""
+    said = subprocess.run([tool("pg_dump"), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"(\d+)(?:\.\d+)?", said)
+    server = server_major(dsn)
+    if match and server and int(match[1]) < server:
+        raise BackupError(
+            f"pg_dump is PostgreSQL {match[1]}'s and the server runs PostgreSQL {server}: pg_dump cannot dump a "
+            f"newer server. Install postgresql-client-{server} (or newer) where the backup runs"
+        )
+
+
+def server_major(dsn: str) -> int | None:
+    """The server's major version; None when it does not answer (pg_dump then says why)."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return conn.get_server_version().major
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(read())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return None
+
+
 def backups(folder: Path) -> list[Path]:
     """The folder's backups, oldest first (their names sort by time)."""
     return sorted(folder.glob(f"{PREFIX}*{SUFFIX}"))
@@ -66,6 +99,7 @@ def backup(dsn: str, folder: Path, keep: int, copy_command: str = "") -> dict:
     with {file} for the dump's path) run after it. Raises BackupError naming what failed."""
     if keep < 1:
         raise BackupError(f"keep is {keep}: at least 1 backup must be kept")
+    check_versions(dsn)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     name = f"{PREFIX}{datetime.fromtimestamp(started, timezone.utc):%Y%m%dT%H%M%SZ}{SUFFIX}"

@@ -22,7 +22,6 @@ import datetime as dt
 import hmac
 import logging
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -36,14 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from myca_ops.mas.backup import last_backup
 from myca_ops.mas.checks import bridge_health, firing_alerts, moshi_health
 from myca_ops.mas.settings import Settings
+from myca_ops.version import installed
 
 log = logging.getLogger("myca_ops.mas")
 router = APIRouter()
 
-try:
-    VERSION = version("myca-ops")
-except PackageNotFoundError:  # running from a source tree
-    VERSION = "0+unknown"
+VERSION = installed()
 
 
 def describe(exc: BaseException) -> str:

@@ -52,9 +52,12 @@ class DeployResult:
     artifact_dir: Path
     verify: dict | None = None  # the verify report (gpu_hosts, bridge_hosts, mas_hosts rows) when verify ran
     events: int = 0
-    failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed task
+    failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed or unreachable task
     loadtest: dict | None = None  # the load test (moshi_voice_probe with callers) when one ran
     status_report: dict | None = None  # playbooks/status.yml's rows (services, health, MAS document)
+    errors: list[str] = field(
+        default_factory=list
+    )  # Ansible's own ERROR lines (a vault that did not open, a bad playbook)
 
     def nothing_ran(self) -> bool:
         """No host ran a task: a --limit that matched no host, or --tags that matched no task."""
@@ -89,6 +92,7 @@ class DeployResult:
             "changed": self.changed,
             "hosts": {name: vars(h) for name, h in self.hosts.items()},
             "failures": self.failures,
+            "errors": self.errors,
             "not_realtime": self.not_realtime(),
             "verify": self.verify,
             "loadtest": self.loadtest,
@@ -136,16 +140,20 @@ def deploy(
     vault_password: str | None = None,
     become_password: str | None = None,
     become_password_file: str | None = None,
+    skip_tags: list[str] | None = None,
+    extra_args: list[str] | None = None,
+    verbosity: int = 0,
 ) -> DeployResult:
     """Run `playbook` (site.yml) against the inventory `env`; blocks until done or cancelled.
 
     Passwords given as strings answer ansible-playbook's prompts through ansible-runner: they
-    are on no command line and in no file of the run's folder.
+    are on no command line and in no file of the run's folder. `extra_args` go to ansible-playbook
+    as they are (`-e @vars.yml`, `-e key=value`).
     """
     project = (project or find_project()).resolve()
     inventory = inventory_path(project, env)
     artifacts = new_run_folder(project / "reports" / "runs", Path(env).name)
-    cmdline = ["--diff"] + (["--check"] if check else [])
+    cmdline = ["--diff"] + (["--check"] if check else []) + list(extra_args or [])
     passwords = {}
     for path, option in (
         (vault_password_file, "--vault-password-file"),
@@ -167,11 +175,11 @@ def deploy(
     def handle(event: dict) -> bool:
         nonlocal count
         count += 1
-        if event.get("event") == "runner_on_failed" and not event["event_data"].get("ignore_errors"):
-            data = event["event_data"]
-            failures.append(
-                f"{data.get('host')}: {data.get('task')}: {data.get('res', {}).get('msg', '')}".rstrip(": ")
-            )
+        data = event.get("event_data", {})
+        if (event.get("event") == "runner_on_failed" and not data.get("ignore_errors")) or (
+            event.get("event") == "runner_on_unreachable" and not data.get("ignore_unreachable")
+        ):
+            failures.append(f"{data.get('host')}: {data.get('task')}: {cause(data.get('res') or {})}".rstrip(": "))
         if on_event:
             on_event(event)
         return True
@@ -183,6 +191,8 @@ def deploy(
         inventory=str(inventory),
         limit=limit,
         tags=",".join(tags) if tags else None,
+        skip_tags=",".join(skip_tags) if skip_tags else None,
+        verbosity=verbosity or None,
         extravars={"verify_report_dir": str(artifacts / "report"), **(extravars or {})},
         cmdline=" ".join(shlex.quote(c) for c in cmdline),
         passwords=passwords,
@@ -214,6 +224,7 @@ def deploy(
     for name in ("verify", "loadtest", "status"):
         path = artifacts / "report" / f"{name}.json"
         reports[name] = json.loads(path.read_text()) if path.exists() else None
+    errors = ansible_errors(runner.stdout.read()) if runner.rc != 0 else []
     return DeployResult(
         runner.rc,
         runner.status,
@@ -224,4 +235,28 @@ def deploy(
         failures,
         reports["loadtest"],
         reports["status"],
+        errors,
     )
+
+
+def cause(res: dict, tail_lines: int = 8) -> str:
+    """Why a task failed: Ansible's message, then the last lines of what the command wrote to stderr."""
+    msg = str(res.get("msg") or "").strip()
+    if res.get("results"):  # a loop: the items that failed
+        msg = "; ".join(cause(r, tail_lines) for r in res["results"] if r.get("failed")) or msg
+    stderr = (res.get("stderr") or res.get("module_stderr") or "").strip()
+    if stderr:
+        tail = "\n".join(stderr.splitlines()[-tail_lines:])
+        msg = f"{msg}\n    stderr: {tail}" if msg and msg not in tail else tail
+    return msg
+
+
+def ansible_errors(stdout: str) -> list[str]:
+    """Ansible's own error lines, with what follows each ("ERROR! Decryption failed", "[ERROR]: ...")."""
+    lines = stdout.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith(("ERROR!", "[ERROR]:")):
+            more = [m for m in lines[i + 1 : i + 4] if m.strip() and not m.startswith(("ERROR!", "[ERROR]:", "PLAY"))]
+            found.append("\n".join([line, *more]))
+    return found

@@ -1,10 +1,11 @@
 """myca-ops: deploy, verify and read the status of an environment, with live progress.
 
-    myca-ops deploy ENV [--check] [-e k=v]
+    myca-ops deploy ENV [--check] [-e k=v | -e @file]
     myca-ops verify ENV
     myca-ops status ENV
     myca-ops loadtest ENV [--callers N] [--seconds T] [--from HOST,...]
-    (each also takes --limit HOSTS, --tags T,.., --json, and the passwords:
+    myca-ops --version
+    (each also takes --limit HOSTS, --tags T,.., --skip-tags T,.., -v, --json, and the passwords:
      -K/--ask-become-pass or --become-password-file F, -J/--ask-vault-pass or --vault-password-file F)
 
 ENV is an inventory under inventory/ (lab, wsl2, cloud, production) or a path to one.
@@ -14,21 +15,26 @@ A run's folder (events, stdout, reports) is reports/runs/ENV-TIME; the newest 10
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import json
 import sys
 import threading
+from pathlib import Path
 
 from myca_ops.runner import DeployResult, RunnerError, deploy
+from myca_ops.version import tree_version
 
 EXIT_CODES = """exit codes:
   0    ok
   1    bad input (an unknown environment, a missing password file), said on stderr
-  2    failed hosts (each failed task is named)
+  2    failed hosts (each failed task is named, with its cause)
   3    a host that must be real-time is not
-  4    unreachable hosts
-  5    nothing ran (a --limit or --tags that matched nothing, said on stderr)
+  4    unreachable hosts (each with the reason)
+  5    nothing ran (Ansible's error, or a --limit or --tags that matched nothing, said on stderr)
+  64   usage (an unknown option, a malformed argument), said on stderr
   130  cancelled (Ctrl-C)"""
+EXIT_USAGE = 64
 PLAYBOOKS = {
     "deploy": "site.yml",
     "verify": "playbooks/verify.yml",
@@ -43,11 +49,21 @@ RESULT_EVENTS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on their own exit code (argparse's 2 is "failed hosts" here)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 class Progress:
     """One line per host with its current task: a live table on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream=sys.stderr, diffs: bool = False, verbose: bool = False) -> None:
         self.stream = stream
+        self.diffs = diffs  # --check: print each change's diff as Ansible renders it
+        self.verbose = verbose  # -v: Ansible's own output, as it comes
         self.hosts: dict[str, str] = {}
         self.live = None
         if stream.isatty():
@@ -60,6 +76,14 @@ class Progress:
     def __call__(self, event: dict) -> None:
         data = event.get("event_data", {})
         kind, host, task = event.get("event"), data.get("host"), data.get("task", "")
+        if self.verbose:
+            if event.get("stdout"):
+                self._say(event["stdout"])
+            return
+        if self.diffs and kind == "runner_on_ok" and data.get("res", {}).get("changed"):
+            text = render_diff(data["res"].get("diff"))
+            if text:
+                self._say(f"{host}: {task}: would change\n{text}")
         if kind == "playbook_on_play_start":
             self._say(f"PLAY {data.get('play', '')}")
         elif kind == "runner_on_start" and host:
@@ -94,10 +118,31 @@ class Progress:
             self.live.stop()
 
 
+def render_diff(diff) -> str:
+    """A task's `diff` result (before/after, or Ansible's prepared text) as a unified diff."""
+    parts = diff if isinstance(diff, list) else [diff] if diff else []
+    out = []
+    for part in parts:
+        if part.get("prepared"):
+            out.append(part["prepared"].rstrip("\n"))
+        elif "before" in part or "after" in part:
+            before, after = str(part.get("before", "")), str(part.get("after", ""))
+            out += difflib.unified_diff(
+                before.splitlines(),
+                after.splitlines(),
+                part.get("before_header", "before"),
+                part.get("after_header", "after"),
+                lineterm="",
+            )
+    return "\n".join(out)
+
+
 def summary(result: DeployResult) -> str:
     lines = [f"{'host':<14} {'ok':>4} {'changed':>8} {'failed':>7} {'unreachable':>12}"]
     for host, h in sorted(result.hosts.items()):
         lines.append(f"{host:<14} {h.ok:>4} {h.changed:>8} {h.failed:>7} {h.unreachable:>12}")
+    for error in result.errors:
+        lines.append(f"ansible: {error}")
     for failure in result.failures:
         lines.append(f"failed: {failure}")
     verify = result.verify or {}
@@ -129,13 +174,14 @@ def summary(result: DeployResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="myca-ops",
         description=__doc__.split("\n\n")[0],
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"myca-ops {tree_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, text in (
         ("deploy", "converge site.yml and verify"),
         ("verify", "measure only"),
@@ -153,9 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         vault.add_argument("-J", "--ask-vault-pass", action="store_true", help="ask for the vault password")
         vault.add_argument("--vault-password-file", metavar="F", help="the vault password from a file (or script)")
         cmd.add_argument("--tags", help="comma-separated tags")
+        cmd.add_argument("--skip-tags", help="comma-separated tags to leave out")
+        cmd.add_argument("-v", "--verbose", action="count", default=0, help="Ansible's own output (-vvv: more)")
+        cmd.add_argument(
+            "-e", "--extra-vars", action="append", default=[], metavar="K=V|@FILE", help="as ansible-playbook's -e"
+        )
         if name == "deploy":
-            cmd.add_argument("--check", action="store_true", help="change nothing, show what would change")
-            cmd.add_argument("-e", "--extra-var", action="append", default=[], metavar="K=V")
+            cmd.add_argument("--check", action="store_true", help="change nothing, show each diff of what would change")
         if name == "loadtest":
             cmd.add_argument("--callers", type=int, help="callers at once (default: the pool's slots)")
             cmd.add_argument("--seconds", type=float, default=10, help="seconds of speech each caller sends")
@@ -176,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             extravars["loadtest_callers"] = args.callers
         if args.callers_from:
             extravars["loadtest_from"] = [h for h in args.callers_from.split(",") if h]
-    for item in getattr(args, "extra_var", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"-e takes K=V, got {item!r}")
-        extravars[key] = value
+    for item in args.extra_vars:
+        if item.startswith("@") and not Path(item[1:]).is_file():
+            print(f"myca-ops: -e {item}: no such file", file=sys.stderr)
+            return 1
+        if not item.startswith(("@", "{")) and "=" not in item:
+            parser.error(f"-e takes K=V, @FILE or JSON, got {item!r}")
     try:
         # Asked before the run starts, so the prompts never mix with its progress lines.
         become_password = getpass.getpass("BECOME password: ") if args.ask_become_pass else None
@@ -188,13 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, EOFError):
         print("\nmyca-ops: cancelled", file=sys.stderr)
         return 130
-    progress = None if args.json else Progress()
+    progress = None if args.json else Progress(diffs=getattr(args, "check", False), verbose=args.verbose > 0)
     cancel = threading.Event()
     try:
         result = deploy(
             args.env,
             limit=args.limit,
             tags=args.tags.split(",") if args.tags else None,
+            skip_tags=args.skip_tags.split(",") if args.skip_tags else None,
+            extra_args=[arg for item in args.extra_vars for arg in ("-e", absolute(item))],
+            verbosity=args.verbose,
             check=getattr(args, "check", False),
             extravars=extravars,
             on_event=progress,
@@ -218,12 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     if result.nothing_ran():
         what = [f"--limit {args.limit!r} matched no host"] if args.limit else []
         what += [f"--tags {args.tags!r} matched no task"] if args.tags else []
-        print(f"myca-ops: nothing ran: {' or '.join(what) or 'no host in the inventory'}", file=sys.stderr)
+        cause = "\n".join(result.errors) or " or ".join(what) or "no host in the inventory"
+        print(f"myca-ops: nothing ran: {cause}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(summary(result))
     return result.exit_code()
+
+
+def absolute(extra_var: str) -> str:
+    """-e @FILE with the file's absolute path: ansible-playbook runs in the project's folder."""
+    return f"@{Path(extra_var[1:]).resolve()}" if extra_var.startswith("@") else extra_var
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from myca_ops.sessions import Liveness, Rules, close, end, watch
+from myca_ops.version import installed
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import SlotEngine, SlotState
@@ -545,6 +546,7 @@ class VoiceServer:
         p50, p99 = percentile(window, 50), percentile(window, 99)
         body = {
             "server": "batched",
+            "version": installed(),
             "model_loaded": self.engine is not None,
             "mode": self.settings.mode,
             "device": self.settings.device,
