@@ -64,10 +64,18 @@ def test_check_prints_the_diff_and_changes_nothing(tmp_path):
         "    - name: Write the setting\n      ansible.builtin.copy:\n"
         f"        dest: {target}\n        content: \"slots = 8\\n\"\n        mode: '0644'\n"
     )
+    looped = tmp_path / "persona.conf"
+    looped.write_text("voice = a\n")
+    tasks += (
+        "    - name: Write each persona\n      ansible.builtin.copy:\n"
+        "        dest: '{{ item }}'\n        content: \"voice = b\\n\"\n        mode: '0644'\n"
+        f"      loop: [{looped}]\n"
+    )
     out = myca_ops(project(tmp_path, tasks), "deploy", "t", "--check")
     assert out.returncode == 0, out
     assert "-slots = 4" in out.stderr and "+slots = 8" in out.stderr, out.stderr
-    assert target.read_text() == "slots = 4\n"
+    assert "-voice = a" in out.stderr and "+voice = b" in out.stderr, out.stderr  # a loop's items
+    assert target.read_text() == "slots = 4\n" and looped.read_text() == "voice = a\n"
 
 
 def test_extra_vars_from_a_file_tags_and_skip_tags_pass_through(tmp_path):

@@ -55,9 +55,8 @@ class DeployResult:
     failures: list[str] = field(default_factory=list)  # "host: task: message" of each failed or unreachable task
     loadtest: dict | None = None  # the load test (moshi_voice_probe with callers) when one ran
     status_report: dict | None = None  # playbooks/status.yml's rows (services, health, MAS document)
-    errors: list[str] = field(
-        default_factory=list
-    )  # Ansible's own ERROR lines (a vault that did not open, a bad playbook)
+    # Ansible's own ERROR lines: a vault that did not open, a playbook that did not parse.
+    errors: list[str] = field(default_factory=list)
 
     def nothing_ran(self) -> bool:
         """No host ran a task: a --limit that matched no host, or --tags that matched no task."""

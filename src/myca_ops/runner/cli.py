@@ -81,7 +81,10 @@ class Progress:
                 self._say(event["stdout"])
             return
         if self.diffs and kind == "runner_on_ok" and data.get("res", {}).get("changed"):
-            text = render_diff(data["res"].get("diff"))
+            res = data["res"]  # a loop's diffs are its items'
+            text = "\n".join(
+                filter(None, map(render_diff, [res.get("diff")] + [r.get("diff") for r in res.get("results") or []]))
+            )
             if text:
                 self._say(f"{host}: {task}: would change\n{text}")
         if kind == "playbook_on_play_start":
