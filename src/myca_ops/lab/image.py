@@ -35,6 +35,7 @@ PACKAGES = (
     "sudo",
     "iproute2",
     "ca-certificates",
+    "openssh-server",  # molecule default reaches its hosts over ssh, as an operator does
 )
 RECIPE_VERSION = 1  # bump when the build steps below change
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))

@@ -169,15 +169,16 @@ def deploy(
         cmdline.append("--ask-vault-pass")
         passwords[VAULT_PROMPT] = vault_password
     failures: list[str] = []
+    unreachable: set[str] = set()  # also those a play ignores (status.yml reads past a down host)
     count = 0
 
     def handle(event: dict) -> bool:
         nonlocal count
         count += 1
-        data = event.get("event_data", {})
-        if (event.get("event") == "runner_on_failed" and not data.get("ignore_errors")) or (
-            event.get("event") == "runner_on_unreachable" and not data.get("ignore_unreachable")
-        ):
+        kind, data = event.get("event"), event.get("event_data", {})
+        if kind == "runner_on_unreachable":
+            unreachable.add(data.get("host"))
+        if kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors")):
             failures.append(f"{data.get('host')}: {data.get('task')}: {cause(data.get('res') or {})}".rstrip(": "))
         if on_event:
             on_event(event)
@@ -219,6 +220,8 @@ def deploy(
     ):
         for host, n in (stats.get(key) or {}).items():
             setattr(hosts.setdefault(host, HostResult()), attr, n)
+    for host in unreachable:
+        hosts.setdefault(host, HostResult()).unreachable = max(hosts[host].unreachable, 1)
     reports = {}
     for name in ("verify", "loadtest", "status"):
         path = artifacts / "report" / f"{name}.json"

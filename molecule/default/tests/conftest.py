@@ -1,0 +1,43 @@
+"""What the scenario's tests share: its inventory (ssh, the vault), its hosts through testinfra,
+and myca-ops from the venv that `make setup` alone made (prepare.yml)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+INVENTORY = EPHEMERAL / "inventory"
+SCENARIO = Path(__file__).resolve().parents[1]
+PROJECT = SCENARIO.parents[1]
+VAULT_PASSWORD_FILE = SCENARIO / "vault-password"
+
+
+def on(name: str):
+    """A host of the scenario, reached as Ansible reaches it (ssh with the inventory's key and port)."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=str(INVENTORY))
+
+
+@pytest.fixture(scope="session")
+def gpu_host():
+    return on("myca-mol-gpu-host")
+
+
+@pytest.fixture(scope="session")
+def bridge_host():
+    return on("myca-mol-bridge")
+
+
+@pytest.fixture(scope="session")
+def mas_host():
+    return on("myca-mol-mas-vm")
+
+
+def myca_ops(command: str, *args: str) -> subprocess.CompletedProcess:
+    """The operator's command, with the vault opened by the password file named on its command line."""
+    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_VAULT_PASSWORD_FILE"}
+    argv = [str(EPHEMERAL / "setup-venv" / "bin" / "myca-ops"), command, str(INVENTORY), *args]
+    argv += ["--vault-password-file", str(VAULT_PASSWORD_FILE)]
+    return subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, env=env)
