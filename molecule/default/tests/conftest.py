@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 INVENTORY = EPHEMERAL / "inventory"
@@ -16,8 +17,15 @@ VAULT_PASSWORD_FILE = SCENARIO / "vault-password"
 
 
 def on(name: str):
-    """A host of the scenario, reached as Ansible reaches it (ssh with the inventory's key and port)."""
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=str(INVENTORY))
+    """A host of the scenario over ssh as Ansible reaches it: its published port (host_vars), the
+    operator's key, the host keys learnt at the deploy (operator_ssh.yml)."""
+    port = yaml.safe_load((SCENARIO / "host_vars" / name / "host.yml").read_text())["ansible_port"]
+    pki = EPHEMERAL / "pki"
+    return testinfra.get_host(
+        f"ssh://root@127.0.0.1:{port}",
+        ssh_identity_file=str(pki / "id_ed25519"),
+        ssh_extra_args=f"-o UserKnownHostsFile={pki / 'known_hosts'} -o StrictHostKeyChecking=yes",
+    )
 
 
 @pytest.fixture(scope="session")

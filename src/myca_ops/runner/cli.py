@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if result.nothing_ran():
         what = [f"--limit {args.limit!r} matched no host"] if args.limit else []
         what += [f"--tags {args.tags!r} matched no task"] if args.tags else []
-        cause = "\n".join(result.errors) or " or ".join(what) or "no host in the inventory"
+        # Ansible's own error (a vault that did not open), unless it only says no host matched.
+        said = [e for e in result.errors if "no hosts to target" not in e]
+        cause = "\n".join(said) or " or ".join(what) or "\n".join(result.errors) or "no host in the inventory"
         print(f"myca-ops: nothing ran: {cause}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
