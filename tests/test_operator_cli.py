@@ -196,3 +196,16 @@ def test_the_wheel_builds_once_from_a_setup_venv_without_setuptools_under_any_li
     ).stdout
     assert "myca_ops/voice/server.py" in names and "myca_ops/mas/migrations/0001_initial.sql" in names
     assert "myca_ops/lab/" not in names
+
+
+def test_a_host_that_does_not_answer_is_unreachable_with_its_reason_even_when_a_play_reads_past_it(tmp_path):
+    """status.yml ignores an unreachable host to read the others: the run still says which and why."""
+    tasks = "    - name: Reach it\n      ansible.builtin.ping:\n      ignore_unreachable: true\n"
+    hosts = (
+        "all:\n  hosts:\n    gone:\n      ansible_connection: ssh\n      ansible_host: 127.0.0.1\n"
+        "      ansible_port: 9\n      ansible_ssh_common_args: -o ConnectTimeout=5\n"
+    )
+    out = myca_ops(project(tmp_path, tasks, hosts), "deploy", "t", "--json")
+    body = json.loads(out.stdout)
+    assert out.returncode == 4 and body["hosts"]["gone"]["unreachable"] == 1, body
+    assert any(f.startswith("gone: Reach it: ") and "Connection refused" in f for f in body["failures"]), body
