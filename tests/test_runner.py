@@ -306,3 +306,16 @@ def test_status_with_every_gpu_host_down_still_shows_the_bridge_and_mas_rows(lab
     )
     assert {("bridge", "bridge_hosts"), ("mas-vm", "mas_hosts"), ("mas-vm", "monitoring_hosts")} <= set(rows)
     assert rows[("bridge", "bridge_hosts")]["services"] and rows[("mas-vm", "mas_hosts")]["services"]
+
+
+def test_the_status_table_names_the_version_each_host_runs():
+    from myca_ops.runner.status import table
+
+    moshi = {"status": "ready", "slots_used": 0, "slots_total": 2, "tick_ms": {}, "version": "0.1.0+3f9c2a71be04"}
+    rows = [
+        {"host": "gpu-1", "group": "gpu_hosts", "services": {"moshi": "active"}, "health": moshi},
+        {"host": "bridge-1", "group": "bridge_hosts", "services": {"myca-bridge": "active"}, "health": {"ok": True}},
+    ]
+    lines = table({"hosts": rows}).splitlines()
+    assert lines[1].endswith("ready: 0/2 slots, no tick in the last minute; myca_ops 0.1.0+3f9c2a71be04")
+    assert lines[2].endswith("  ok")  # a health without a version (moshi.server's, an older bridge) as before

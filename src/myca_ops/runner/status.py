@@ -16,6 +16,12 @@ def health(row: dict) -> str:
     h = row.get("health")
     if not isinstance(h, dict):
         return row.get("health_error") or "no /healthz (moshi.server)"
+    said = status_of(row, h)
+    # The myca_ops each service runs (a rollback names one: docs/operations.md).
+    return f"{said}; myca_ops {h['version']}" if h.get("version") else said
+
+
+def status_of(row: dict, h: dict) -> str:
     if row["group"] == "gpu_hosts":
         tick = h.get("tick_ms") or {}
         ticks = f"tick p50 {tick['p50']} / p99 {tick['p99']} ms" if tick.get("count") else "no tick in the last minute"
