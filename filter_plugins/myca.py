@@ -33,10 +33,19 @@ def merged_load(shares: list) -> dict:
     return merge(list(shares))
 
 
+def persona_rule(part: str) -> str:
+    """The persona-name rule (myca_ops.voice.persona): 'pattern' (a regular expression of the whole
+    name, valid in Python and JavaScript) or 'text' (how an error message says it)."""
+    from myca_ops.voice.persona import NAME_PATTERN, NAME_RULE
+
+    return {"pattern": NAME_PATTERN, "text": NAME_RULE}[part]
+
+
 class FilterModule:
     def filters(self):
         return {
             "myca_merged_load": merged_load,
+            "myca_persona_rule": persona_rule,
             "myca_service_token": service_token,
             "myca_token_scopes": token_scopes,
             "myca_voice_ticket": voice_ticket,

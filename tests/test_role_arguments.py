@@ -146,12 +146,16 @@ def test_moshi_names_what_is_wrong_with_the_personas_before_installing(tmp_path,
 
 
 def test_personaplexs_own_server_refuses_half_and_its_checks_send_both_prompts(tmp_path):
-    own = "        moshi_flavour: personaplex\n        moshi_server: upstream\n        moshi_half: true\n"
-    out = run_role(tmp_path, "moshi", MOSHI_BASE + own)
-    assert out.returncode != 0
-    assert "runs NVIDIA's own server, which has no --half: set moshi_half: false" in out.stdout
+    for server in ("upstream", "batched"):  # NVIDIA serves its model in bf16 only, on either server
+        own = f"        moshi_flavour: personaplex\n        moshi_server: {server}\n        moshi_half: true\n"
+        out = run_role(tmp_path, "moshi", MOSHI_BASE + own)
+        assert out.returncode != 0
+        assert "would run PersonaPlex's model in fp16, which NVIDIA never does" in out.stdout, out.stdout[-1500:]
     # On the batched server a persona may take one of its checkpoint's .pt voices, not an unknown WAV.
-    batched = "        moshi_flavour: personaplex\n        moshi_personas: [{name: m, text: Hi, voice: NATF2.pt}]\n"
+    batched = (
+        "        moshi_flavour: personaplex\n        moshi_default_persona: m\n"
+        "        moshi_personas: [{name: m, text: Hi, voice: NATF2.pt}]\n"
+    )
     out = run_role(tmp_path, "moshi", MOSHI_BASE + batched)
     assert "TASK [python_service : Copy the myca_ops wheel" in out.stdout, out.stdout[-1500:]  # past every check
     out = run_role(tmp_path, "moshi", MOSHI_BASE + batched.replace("NATF2.pt", "mine.wav"))
@@ -160,6 +164,34 @@ def test_personaplexs_own_server_refuses_half_and_its_checks_send_both_prompts(t
         in out.stdout
     )
 
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ("        moshi_personas: []\n", "needs moshi_default_persona (the persona of a caller"),
+        (
+            "        moshi_personas: [{name: m, text: Hi, voice: NATF2.pt}, {name: plain, text: Hi}]\n"
+            "        moshi_default_persona: m\n",
+            "Persona(s) plain have no voice: PersonaPlex always starts from a voice prompt",
+        ),
+    ],
+)
+def test_personaplex_on_the_batched_server_never_serves_a_caller_without_a_voice_prompt(tmp_path, variables, says):
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + "        moshi_flavour: personaplex\n" + variables)
+    assert out.returncode != 0
+    assert says in out.stdout, out.stdout[-2000:]
+
+
+def test_a_persona_name_with_a_dot_is_taken_and_a_name_outside_the_rule_is_refused_with_it(tmp_path):
+    dotted = "        moshi_personas: [{name: support.en, text: Hi}]\n        moshi_default_persona: support.en\n"
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + dotted)
+    assert "TASK [python_service : Copy the myca_ops wheel" in out.stdout, out.stdout[-1500:]  # past every check
+    out = run_role(tmp_path, "moshi", MOSHI_BASE + "        moshi_personas: [{name: 'a b', text: Hi}]\n")
+    assert out.returncode != 0
+    assert "Persona name(s) a b in moshi_personas: a name is 1 to 64 letters, digits" in out.stdout, out.stdout[-2000:]
+
+
+def test_personaplex_role_url_sends_both_prompts(tmp_path):
     play = tmp_path / "url.yml"
     play.write_text(
         "- hosts: localhost\n  gather_facts: false\n"

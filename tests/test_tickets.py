@@ -203,6 +203,8 @@ def test_the_ticket_route_checks_the_origin_and_the_rate(ticketed):
     base, _ = ticketed
     assert post(base + "/api/voice/ticket", "https://evil.example")[0] == 403
     assert post(base + "/api/voice/ticket", None)[0] == 403
+    status, _, body = post(base + "/api/voice/ticket?persona=a%20b", SITE)
+    assert status == 400 and "persona must be 1 to 64 letters, digits" in body  # the server's rule
     statuses = [post(base + "/api/voice/ticket", SITE)[0] for _ in range(4)]
     assert statuses == [200, 200, 200, 429]  # ticket_rate_per_min 3
     status, headers, body = post(base + "/api/voice/ticket", SITE)

@@ -31,6 +31,8 @@ from myca_ops.bridge.tickets import Refusal, Tickets, unauthorized
 from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, watch
 from myca_ops.version import installed
 from myca_ops.voice.health import check
+from myca_ops.voice.persona import NAME as persona_name
+from myca_ops.voice.persona import NAME_RULE
 from myca_ops.voice.protocol import client_ssl
 
 log = logging.getLogger("myca_ops.bridge")
@@ -49,7 +51,6 @@ HEALTH_CACHE_S = 2.0
 CREDENTIAL_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
 CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
 CLIENT_PROMPTS = ("text_prompt", "voice_prompt")  # PersonaPlex's, passed on only with allow_client_prompts
-PERSONA = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
 REFUSAL_CLOSE_S = 0.1
 
@@ -521,14 +522,14 @@ async def mint_ticket(request: web.Request) -> web.Response:
     if request.method == "OPTIONS":  # a preflight (a page that posts JSON)
         cors.update({"Access-Control-Allow-Methods": "POST", "Access-Control-Allow-Headers": "Content-Type"})
         return web.Response(status=204, headers=cors)
+    persona = request.query.get("persona")
+    if persona is not None and not persona_name.fullmatch(persona):
+        raise web.HTTPBadRequest(text=f"persona must be {NAME_RULE}\n", headers=cors)
     if not state.ticket_rate.allow(request.remote or ""):
         raise web.HTTPTooManyRequests(
             text=f"at most {config.ticket_rate_per_min} tickets a minute per address\n",
             headers={**cors, "Retry-After": "60"},
         )
-    persona = request.query.get("persona")
-    if persona is not None and not PERSONA.fullmatch(persona):
-        raise web.HTTPBadRequest(text="persona must be 1 to 64 letters, digits, - or _\n", headers=cors)
     ticket = state.tickets.mint(origin, persona)
     return web.json_response({"ticket": ticket, "expires_in": int(config.ticket_ttl_s)}, headers=cors)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from myca_ops.voice.model import CONFIG_FILE, MIMI_FILE, MOSHI_FILE, TOKENIZER_FILE, moshi_7b_config
 
 RECIPE_FILE = "recipe.json"
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 WORDS = (
     "hello moshi how are you today the voice stack runs in real time on this host and every frame "
@@ -130,9 +130,9 @@ def personaplex_layout(state: dict) -> dict:
 
 def write_replay_voices(out: Path) -> None:
     """A PersonaPlex voice file per lab WAV voice, made by this checkpoint's own model: the LM's
-    input embedding at each of the voice's steps, and the token cache after them in PersonaPlex's
-    ring (moshi's + 1 column): the column the next step reads, and the next, which holds the last
-    frame's delayed codebooks."""
+    input embedding at each step the voice is fed (all frames but its first, as PersonaPlex), and
+    the token cache after them in PersonaPlex's ring (moshi's + 1 column): the column the next
+    step reads, and the next, which holds the last frame's delayed codebooks."""
     import tarfile
 
     import numpy as np
@@ -148,7 +148,7 @@ def write_replay_voices(out: Path) -> None:
     for name in LAB_VOICES:
         engine = loaded.engine(1, prefill_steps=1)
         seen.clear()
-        steps = len(prompts.voices[name])
+        steps = len(prompts.voices[name]) - 1  # the voice's first frame is never fed
         engine.prefill(0, prompts.make("", name, name))
         for _ in range(steps):
             engine.tick({})
@@ -213,7 +213,10 @@ def generate(
     print("[weights] random full-size Mimi (79 M parameters, about 385 MB)", flush=True)
     mimi = loaders.get_mimi(None, device="cpu")
     seed_codebooks(mimi)
-    save_model(mimi, str(out / MIMI_FILE))
+    if flavour == "personaplex":  # its package's Mimi reads only the stacked layout
+        save_file(personaplex_layout(mimi.state_dict()), str(out / MIMI_FILE))
+    else:
+        save_model(mimi, str(out / MIMI_FILE))
 
     full = dict(config, moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, tokenizer_name=TOKENIZER_FILE, model_type="moshi")
     (out / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")

@@ -257,6 +257,19 @@ class SlotEngine:
         self.last_tick = (sum(stages.values()) - extra * step_ms, step_ms)
         return out, stages
 
+    def tick_codes(self, codes: dict) -> dict:
+        """One LM step for slots given their caller's Mimi codes ({slot: (codebooks,) ints}) in place
+        of audio: no encoder, no decoder, no prompt steps.  What a recorded run of another engine is
+        compared with, token for token.  Returns {slot: the LM's (text, audio) tokens, or None
+        during its delay}."""
+        torch = self.torch
+        lm = self.lm_gen.lm_model
+        batch = torch.zeros(self.slots, lm.n_q - lm.dep_q, 1, dtype=torch.long)
+        for k, frame in codes.items():
+            batch[k, :, 0] = torch.as_tensor(frame)
+        tokens = self._lm_step(batch.to(self.device), sorted(codes))[:, :, 0].cpu().numpy().copy()
+        return {k: tokens[k] if self.steps[k] > self.max_delay else None for k in codes}
+
     def extra_steps(self, talking: bool) -> int:
         """Prompt steps a tick may add: all it may when no one talks, else as many as keep the
         tick under PREFILL_TICK_MS by the last tick's figures (none on a host already over it)."""

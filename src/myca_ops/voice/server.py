@@ -52,7 +52,8 @@ from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import SlotEngine, SlotState
 from myca_ops.voice.gpu import GpuCollector, Gpus
-from myca_ops.voice.persona import Persona, Prompt, Prompts, check_voice_name, parse
+from myca_ops.voice.persona import NAME as persona_name
+from myca_ops.voice.persona import NAME_RULE, Persona, Prompt, Prompts, check_voice_name, parse
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
 from myca_ops.voice.stats import percentile
 
@@ -85,6 +86,7 @@ class Settings:
     personas: tuple[Persona, ...] = ()
     default_persona: str = ""  # given to a caller who names none; "": no prompt at all
     allow_client_prompts: bool = False  # PersonaPlex's text_prompt/voice_prompt from the query
+    voice_required: bool = False  # PersonaPlex's model: every conversation starts from a voice prompt
     max_prompt_chars: int = 1000
     persona_warm: bool = True  # each persona's state built at start, not by its first caller
     prefill_steps: int = 4  # a prefilling slot's model steps per tick
@@ -124,6 +126,9 @@ class Settings:
         if default and default not in personas:
             known = ", ".join(personas) or "none"
             raise ValueError(f"MYCA_MOSHI_DEFAULT_PERSONA is {default!r}, not a configured persona (personas: {known})")
+        voice_required = model.flavour(env) == "personaplex"
+        if voice_required:
+            check_personaplex(personas, default, model.switch(env, "MYCA_MOSHI_HALF"))
         auto_workers = min(8, max(1, (os.cpu_count() or 1) // 4)) if where.startswith("cuda") else 0
         return cls(
             host=env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
@@ -145,11 +150,30 @@ class Settings:
             personas=tuple(personas.values()),
             default_persona=default,
             allow_client_prompts=model.switch(env, "MYCA_MOSHI_ALLOW_CLIENT_PROMPTS"),
+            voice_required=voice_required,
             max_prompt_chars=number("MYCA_MOSHI_MAX_PROMPT_CHARS", 1000),
             persona_warm=model.switch(env, "MYCA_MOSHI_PERSONA_WARM", True),
             prefill_steps=max(1, number("MYCA_MOSHI_PREFILL_STEPS", 4)),
             past_context=past_context,
             voices_dir=env.get("MYCA_MOSHI_VOICES_DIR", "") or str(model.weights_dir(env) / "voices"),
+        )
+
+
+def check_personaplex(personas: dict[str, Persona], default: str, half: bool) -> None:
+    """PersonaPlex's model as NVIDIA trained and serves it: bf16, and a voice prompt before every
+    conversation (the moshi role checks the same before a deploy)."""
+    if half:
+        raise ValueError("MYCA_MOSHI_HALF is on: PersonaPlex's model runs in bf16, never fp16 (moshi_half: false)")
+    if not default:
+        raise ValueError(
+            "PersonaPlex's model needs a default persona with a voice (MYCA_MOSHI_DEFAULT_PERSONA; "
+            "moshi_default_persona): a caller who names none would get no prompt, which it was never trained on"
+        )
+    voiceless = [p.name for p in personas.values() if p.voice is None]
+    if voiceless:
+        raise ValueError(
+            f"persona(s) {', '.join(voiceless)} have no voice: PersonaPlex's model always starts from a voice "
+            "prompt (moshi_personas)"
         )
 
 
@@ -447,17 +471,15 @@ class VoiceServer:
         s = self.settings
         text, voice = query.get("text_prompt", "").strip(), query.get("voice_prompt", "").strip()
         name = query.get("persona", "").strip()
-        known = ", ".join(self.personas) or "none"
         if text or voice:
             if not s.allow_client_prompts:
-                return (
-                    None,
-                    f"client prompts are off on this server; ask for a persona (?persona=NAME; personas: {known})",
-                )
+                return None, "client prompts are off on this server; ask for a persona (?persona=NAME)"
             if name:
                 return None, "give a persona or text_prompt/voice_prompt, not both"
             if len(text) > s.max_prompt_chars:
                 return None, f"text_prompt has {len(text)} characters, at most {s.max_prompt_chars} are taken"
+            if s.voice_required and not voice:
+                return None, "PersonaPlex's model starts from a voice prompt: give voice_prompt too"
             try:
                 return self.prompts.make(text, voice and check_voice_name(voice) or None, "client prompt"), ""
             except ValueError as exc:
@@ -465,8 +487,10 @@ class VoiceServer:
         name = name or s.default_persona
         if not name:
             return None, ""
-        if name not in self.personas:
-            return None, f"unknown persona {name[:64]!r} (personas: {known})"
+        if not persona_name.fullmatch(name):
+            return None, f"persona must be {NAME_RULE}"
+        if name not in self.personas:  # its own name only: the list is the operator's, not a caller's
+            return None, f"unknown persona {name!r}"
         return self.personas[name], ""
 
     def persona_health(self) -> dict:
