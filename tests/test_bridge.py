@@ -102,6 +102,7 @@ def test_token_and_origin_are_checked_before_any_slot_is_taken(tmp_path, upstrea
         assert asyncio.run(answer_of(base, "?token=" + "x" * 24)) == 401
         assert asyncio.run(answer_of(base, "?token=" + TOKEN, headers=good)) == 101
         assert asyncio.run(answer_of(base, headers={**good, "Authorization": "Bearer " + TOKEN})) == 101
+        assert asyncio.run(answer_of(base, headers={**good, "Authorization": "bearer " + TOKEN})) == 101  # any case
         evil = {"Origin": "https://evil.example", "Authorization": "Bearer " + TOKEN}
         assert asyncio.run(answer_of(base, headers=evil)) == 403
 
@@ -361,6 +362,45 @@ def test_the_bridge_adds_its_default_persona_and_passes_callers_prompts_only_whe
     with bridge(tmp_path, upstream=upstream, default_persona="myca", allow_client_prompts=True) as base:
         prompted = asyncio.run(query_upstream_sees(base, prompt))
     assert prompted == "text_prompt=Say anything&voice_prompt=x.wav&voice=7"  # no persona beside its own prompt
+
+
+def status_of(base: str, head: bytes) -> bytes:
+    """The status line the bridge answers a request of raw header bytes with."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        return sock.recv(4096).split(b"\r\n")[0]
+
+
+def test_a_persona_outside_the_servers_rule_or_a_malformed_origin_never_reaches_the_upstream(tmp_path, upstream):
+    """The server's persona-name rule at the bridge: a path, NUL, CRLF or 5,000 characters get 400
+    (a browser a 4400 close naming the rule) before any upstream session; a name with a dot passes.
+    An Origin of non-ASCII bytes or two Origin headers: 400, never a 500."""
+    upgrade = b"GET /api/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    upgrade += b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+    async def refused(base: str, query: str, origin: str | None) -> tuple:
+        async with aiohttp.ClientSession() as http:
+            try:
+                ws = await http.ws_connect(chat_url(base, query), headers={"Origin": origin} if origin else {})
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status, ""
+            msg = await ws.receive(timeout=5)
+            await ws.close()
+            return msg.data, msg.extra
+
+    with bridge(tmp_path, upstream=upstream) as base:
+        assert asyncio.run(query_upstream_sees(base, "?persona=support.en")) == "persona=support.en"
+        for bad in ("../../etc/passwd", "a%00b", "a%0D%0Ab", "x" * 5000):
+            assert asyncio.run(refused(base, f"?persona={bad}", None)) == (400, ""), bad
+        code, reason = asyncio.run(refused(base, "?persona=a%20b", "https://myca.example"))
+        assert code == 4400 and reason.startswith("persona must be 1 to 64 letters, digits")
+        assert status_of(base, upgrade + b"Origin: \xff\xfe\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
+        twice = upgrade + b"Origin: https://myca.example\r\nOrigin: https://evil.example\r\n\r\n"
+        assert status_of(base, twice) == b"HTTP/1.1 400 Bad Request"
+        assert asyncio.run(query_upstream_sees(base, "")) == ""  # and it serves on
 
 
 def test_fuzz_leaves_the_bridge_up_and_other_sessions_unharmed(tmp_path, upstream):
@@ -628,3 +668,18 @@ def test_malformed_credentials_get_4xx_and_never_reach_the_log(tmp_path, upstrea
     assert in_query.startswith(b"HTTP/1.1 401"), in_query
     assert TOKEN not in log, "a credential reached the log"
     assert "Traceback" not in log
+
+
+def test_a_long_close_reason_is_cut_on_a_character_boundary():
+    """A close reason has at most 123 bytes; cut inside a character, it is invalid UTF-8, which a
+    browser takes as a failed connection instead of the reason."""
+    from myca_ops.sessions import close
+
+    class Peer:
+        async def close(self, code: int, message: bytes) -> None:
+            self.sent = (code, message)
+
+    peer = Peer()
+    asyncio.run(close(peer, 1008, "x" + "é" * 100))  # byte 120 falls inside an é
+    code, message = peer.sent
+    assert code == 1008 and message.decode() == "x" + "é" * 59

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -304,3 +305,106 @@ def test_website_url_takes_a_platforms_mapped_bridge_port(tmp_path):
     out = run_play(play)
     assert out.returncode == 0, out.stdout
     assert "NEXT_PUBLIC_PERSONAPLEX_WS_URL=ws://pod-1.example:40123/api/chat\n" in (site / ".env.local").read_text()
+
+
+class SharedGenerator:
+    """NVIDIA's own server's session rules (its moshi/server.py at moshi_personaplex_revision): each
+    connection sets the prompt of the one generator all share, then waits for the lock; inside it the
+    prompt is stepped (here 1 s), then the handshake.  It listens once its model is loaded, with no
+    /healthz (404).  `personas`: the prompt each session ended up with."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.connections, self.personas, self.ready = 0, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def run(self) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        async def chat(request):
+            self.connections += 1
+            self.prompt = request.query.get("text_prompt")  # before the lock, as NVIDIA's server does
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async with lock:
+                await asyncio.sleep(1.0)  # the prompt's steps
+                self.personas.append(self.prompt)
+                await ws.send_bytes(b"\x00")
+                await ws.close()
+            return ws
+
+        async def main():
+            nonlocal lock
+            lock = asyncio.Lock()
+            app = web.Application()
+            app.router.add_get("/api/chat", chat)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            self.ready.set()
+            await asyncio.Event().wait()
+
+        lock = None
+        asyncio.run(main())
+
+
+def test_the_roles_wait_on_nvidias_own_server_leaves_a_callers_persona_alone(tmp_path):
+    """The role's wait, as the role renders it for moshi_server: upstream with PersonaPlex, run while
+    a caller is in their prompt: the caller keeps their persona and the wait opened no session.
+    The same wait for the batched server (a handshake) would have overwritten it."""
+    import asyncio
+    import threading
+
+    import aiohttp
+
+    play = tmp_path / "wait.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n"
+        f"  vars_files: [{ROOT}/roles/moshi/defaults/main.yml, {ROOT}/roles/moshi/vars/main.yml]\n"
+        "  tasks:\n    - ansible.builtin.copy: {content: '{{ moshi_wait_command }}', dest: "
+        f"{tmp_path}/wait.txt, mode: '0644'}}\n"
+    )
+
+    def wait_argv(*variables: str) -> list[str]:
+        out = run_play(play, *[arg for v in variables for arg in ("-e", v)])
+        assert out.returncode == 0, out.stdout[-1500:]
+        import shlex
+
+        argv = shlex.split((tmp_path / "wait.txt").read_text())
+        assert argv[0].endswith("/bin/myca-moshi") and "--unit" in argv
+        argv = argv[1:]
+        argv[argv.index("--url") + 1] = argv[argv.index("--url") + 1].replace(":8998", f":{server.port}")
+        del argv[argv.index("--unit") : argv.index("--unit") + 2]  # no systemd unit here
+        return [sys.executable, "-m", "myca_ops.voice.launcher", *argv]
+
+    async def caller(url: str) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.receive(timeout=10)
+
+    own = ["moshi_flavour=personaplex", "moshi_server=upstream"]
+    server = SharedGenerator()
+    assert "--no-session" not in wait_argv("moshi_flavour=personaplex")  # the batched server shares nothing
+    for keeps in (True, False):  # the role's wait; then the same with --no-session taken out (the old wait)
+        server = SharedGenerator()
+        argv = [a for a in wait_argv(*own) if keeps or a != "--no-session"]
+        talking = threading.Thread(
+            target=asyncio.run, args=(caller(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=caller"),)
+        )
+        talking.start()
+        while not server.connections:
+            time.sleep(0.01)
+        waited = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        talking.join(15)
+        assert waited.returncode == 0, waited.stderr
+        if keeps:
+            assert "no session opened" in waited.stdout
+            assert server.personas == ["caller"] and server.connections == 1
+        else:  # a handshake wait takes a session: the caller in their prompt now has the wait's persona
+            assert server.personas[0] == "You enjoy having a good conversation." and server.connections == 2

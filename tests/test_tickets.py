@@ -59,6 +59,12 @@ def test_each_bad_ticket_is_refused_with_its_own_reason_and_nothing_of_the_key()
     other_alg = jwt.encode({"aud": SITE, "iat": int(now), "exp": int(now) + 60, "jti": "y"}, KEY * 2, algorithm="HS512")
     assert refusal(tickets, other_alg).reason == "ticket is not signed with HS256"
 
+    # Validly signed, claims of the wrong type (PyJWT takes a numeric string for exp): refused, no TypeError.
+    good = {"aud": SITE, "iat": int(now), "exp": int(now) + 60, "jti": "z"}
+    for wrong in ({"exp": str(int(now) + 60)}, {"iat": [1]}, {"jti": 7}, {"persona": {"name": "x"}}):
+        found = refusal(tickets, jwt.encode({**good, **wrong}, KEY, algorithm="HS256"))
+        assert (found.status, found.code) == (401, 4401) and found.reason.startswith("ticket is malformed"), wrong
+
     wrong_origin = refusal(tickets, tickets.mint(SITE), origin="https://other.example")
     assert (wrong_origin.status, wrong_origin.code) == (403, 4403)
     assert wrong_origin.reason == "ticket was minted for https://myca.example, not https://other.example"

@@ -101,7 +101,9 @@ async def watch(ws, seen: Liveness) -> tuple[str, int, str]:
 async def close(ws, code: int, reason: str, transport=None) -> None:
     """Close within CLOSE_TIMEOUT_S: a peer that stops reading (or never answers the close) cannot
     hold the handler; past the bound the connection is aborted."""
-    message = reason.encode()[:120]  # a close reason has at most 123 bytes
+    # A close reason has at most 123 bytes of valid UTF-8 (a browser fails a connection whose
+    # reason is not): cut on a character boundary.
+    message = reason.encode()[:120].decode(errors="ignore").encode()
     try:
         await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT_S)
     except asyncio.TimeoutError:

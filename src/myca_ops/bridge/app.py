@@ -145,8 +145,8 @@ class RateLimit:
 
 
 def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
-    auth = request.headers.get("Authorization", "")
-    given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" else request.query.get("token", "")  # RFC 7235: any case
     # Any bytes a client sends compare (and fail) as bytes: never an encoding error, never a 500.
     raw = given.encode("utf-8", "surrogateescape")
     return any(hmac.compare_digest(raw, t.encode()) for t in tokens)
@@ -185,16 +185,29 @@ def upstream_url(config: BridgeConfig, request: web.Request, persona: str | None
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
 
 
-def authorize(request: web.Request, config: BridgeConfig, state: BridgeState) -> str | None:
+def origin_of(request: web.Request) -> str | None:
+    """The request's Origin, or 400: two Origin headers (which would be taken at the first), or one no
+    browser sends (bytes outside printable ASCII, which no error text could even quote)."""
+    origins = request.headers.getall("Origin", [])
+    if len(origins) > 1:
+        raise web.HTTPBadRequest(text="one Origin header, not several\n")
+    if origins and not (origins[0].isascii() and origins[0].isprintable()):
+        raise web.HTTPBadRequest(text="the Origin header is not an origin (printable ASCII)\n")
+    return origins[0] if origins else None
+
+
+def authorize(request: web.Request, config: BridgeConfig, state: BridgeState, origin: str | None) -> str | None:
     """Whether this caller may have a session: a ticket (used up here), a service token with the
     session scope, or no credential where none is asked for.  The ticket's persona, if any;
-    Refusal with the reason otherwise."""
+    Refusal with the reason otherwise (a persona named outside the server's rule first)."""
+    persona = request.query.get("persona")
+    if persona is not None and not persona_name.fullmatch(persona):
+        raise Refusal(400, 4400, f"persona must be {NAME_RULE}")
     ticket = request.query.get("ticket")
     if ticket is not None:
         if state.tickets is None:
             raise unauthorized("this bridge takes no tickets (bridge_ticket_keys is empty)")
-        persona = request.query.get("persona")
-        return state.tickets.redeem(ticket, request.headers.get("Origin"), persona).get("persona")
+        return state.tickets.redeem(ticket, origin, persona).get("persona")
     if config.open or token_ok(request, config.tokens_with("session")):
         return None
     if config.ticket_keys:
@@ -216,14 +229,14 @@ async def slot_within(state: BridgeState, config: BridgeConfig, seconds: float) 
 async def chat(request: web.Request) -> web.StreamResponse:
     config, state = request.app[CONFIG], request.app[STATE]
     m = state.metrics
-    origin = request.headers.get("Origin")
+    origin = origin_of(request)
     if config.allowed_origins and origin is not None and origin not in config.allowed_origins:
         m.sessions.labels("forbidden_origin").inc()
         raise web.HTTPForbidden(text=f"origin {origin} is not allowed (bridge_allowed_origins)\n")
     try:
-        persona = authorize(request, config, state)
+        persona = authorize(request, config, state, origin)
     except Refusal as refusal:
-        m.sessions.labels({401: "unauthorized", 403: "forbidden"}.get(refusal.status, "busy")).inc()
+        m.sessions.labels({400: "bad_request", 401: "unauthorized", 403: "forbidden"}.get(refusal.status, "busy")).inc()
         if origin is None:  # not a browser: the HTTP answer says it all
             raise http_error(refusal) from None
         # A browser sees only 1006 when an upgrade is refused: it gets one, closed at once with the reason.
@@ -297,7 +310,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 def http_error(refusal: Refusal) -> web.HTTPException:
-    kinds = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 503: web.HTTPServiceUnavailable}
+    kinds = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        503: web.HTTPServiceUnavailable,
+    }
     return kinds[refusal.status](text=refusal.reason + "\n")
 
 
@@ -513,7 +531,7 @@ async def mint_ticket(request: web.Request) -> web.Response:
     ticket_rate_per_min a minute per address.  Anyone who can load the page can mint within that
     rate: guarding more (a login) is the operator's own server's job."""
     config, state = request.app[CONFIG], request.app[STATE]
-    origin = request.headers.get("Origin")
+    origin = origin_of(request)
     if origin is None or origin not in config.allowed_origins:
         raise web.HTTPForbidden(
             text=f"tickets are minted for the pages of bridge_allowed_origins; {origin or 'no Origin'} is not one\n"

@@ -83,8 +83,11 @@ class Tickets:
                 raise unauthorized("ticket is malformed") from None
         if claims is None:
             raise unauthorized("ticket signature does not verify (not minted with this bridge's keys)")
-        if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("aud"), str):
-            raise unauthorized("ticket is malformed")
+        # Signed is not well-formed: a claim of the wrong type is refused here, never a TypeError later.
+        numbers = all(type(claims.get(k)) in (int, float) for k in ("exp", "iat"))
+        texts = all(isinstance(claims.get(k), str) for k in ("jti", "aud"))
+        if not numbers or not texts or not isinstance(claims.get("persona", ""), str):
+            raise unauthorized("ticket is malformed (a claim of the wrong type)")
         if claims["exp"] - claims["iat"] > self.ttl_s + LEEWAY_S:
             raise unauthorized(
                 f"ticket lives {claims['exp'] - claims['iat']} s, longer than the bridge's {self.ttl_s:g} s"

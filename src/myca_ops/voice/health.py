@@ -6,6 +6,11 @@ it loads.  moshi.server (``moshi_server: upstream``) has no ``/healthz``: it ans
 which says the server is up and serving HTTP; it serves one conversation at a time, after
 seconds of prefill, so no reader ever opens ``/api/chat`` to ask.
 
+NVIDIA's own PersonaPlex server sets each connection's prompts on one generator shared by all
+before it takes its lock: a second connection during a caller's prompt overwrites that caller's
+persona.  It opens its port only once its model is loaded and warmed up, so the role waits for it
+with :func:`wait_up` (``myca-moshi wait --no-session``), never with a session.
+
 The bridge's ``/healthz``, the MAS's voice collector and status, ``myca-moshi alive`` and the
 verify and status playbooks read Moshi through :func:`check` (the playbooks read the same
 ``/healthz`` fields with ``uri``); HAProxy's ``http-check`` expects the same 200.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,3 +75,20 @@ def check(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None)
     up = code == 200 and bool(health.get("model_loaded"))
     status = health.get("status") or ("ready" if up else "down")
     return {**health, **answer, "up": up, "status": status, "source": "healthz"}
+
+
+def wait_up(url: str, timeout: float, broken=lambda: None, every_s: float = 1.0) -> float:
+    """Seconds until the server at `url` is up by :func:`check` (no session opened); TimeoutError
+    with its last answer, or as soon as `broken()` says why waiting longer is pointless."""
+    start = time.monotonic()
+    while True:
+        health = check(url)
+        if health["up"]:
+            return time.monotonic() - start
+        why = broken()
+        if why:
+            raise TimeoutError(f"{health['url']} is not up: {why}")
+        if time.monotonic() - start > timeout:
+            said = health.get("error") or health["status"]
+            raise TimeoutError(f"{health['url']} did not come up within {timeout:.0f}s (last answer: {said})")
+        time.sleep(every_s)

@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--cafile")
     w.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)")
     w.add_argument("--unit", help="give up early when this systemd unit keeps crashing (none: ignored)")
+    w.add_argument(
+        "--no-session",
+        action="store_true",
+        help="wait until the server answers HTTP, opening no session (NVIDIA's own server, whose connections share one generator)",
+    )
     a = sub.add_parser(
         "alive", help="print the server's health as JSON, exit 0 when it is up (a container's health check; no session)"
     )
@@ -238,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if health["up"] else 1
         if args.command == "fetch":
             fetch(args.repo, args.revision, args.dest, os.environ.get("HF_TOKEN"), args.voices)
+        elif args.command == "wait" and args.no_session:
+            from myca_ops.voice.health import wait_up
+
+            took = wait_up(args.url, args.timeout, crash_watch(args.unit) if args.unit else (lambda: None))
+            print(f"{args.url} answers (no session opened) after {took:.1f}s")
         elif args.command == "wait":
             from myca_ops.voice.probe import wait_for_handshake
 
