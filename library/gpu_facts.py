@@ -169,7 +169,8 @@ ansible_facts:
           sample: 'CUDA and Triton 3.5.1 compile a kernel: torch.compile and CUDA graphs on'
         recommended_moshi_mode_limit:
           description: What keeps the mode below compile+graphs, as data (V(no_cuda), V(no_triton),
-            V(triton_fails), V(not_probed)); null for compile+graphs. The step-latency verdict reads it.
+            V(triton_fails), V(not_probed), V(gpu_unsupported) for a torch with no kernels for the GPU); null for
+            compile+graphs. The step-latency verdict reads it.
           type: str
           sample: no_triton
         kernel:
@@ -198,13 +199,21 @@ ansible_facts:
           type: str
           sample: '12.8'
         torch_devices:
-          description: Each CUDA device torch sees, with its memory; empty without one.
+          description: Each CUDA device torch sees, with its compute capability and memory; empty without one.
           type: list
           elements: dict
           sample:
           - name: NVIDIA L4
+            capability: '8.9'
             memory_total_mib: 22478
             memory_free_mib: 22180
+        torch_arch_list:
+          description: >-
+            The GPU architectures torch was built for (torch.cuda.get_arch_list()); a GPU none of them runs on
+            gets no mode, limit V(gpu_unsupported), and the reason names the torch build to install.
+          type: list
+          elements: str
+          sample: [sm_50, sm_60, sm_70, sm_75, sm_80, sm_86, sm_90]
         triton_error:
           description: Why Triton is not importable or did not compile the test kernel; null when it compiled or
             was not tried.

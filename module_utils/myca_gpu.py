@@ -22,6 +22,7 @@ NOT_PROBED = {
     "torch_cuda_available": False,
     "torch_cuda_version": None,
     "torch_devices": [],
+    "torch_arch_list": [],
     "triton_version": None,
     "triton_compiles": False,
     "triton_error": None,

@@ -584,11 +584,22 @@ def test_the_access_log_never_holds_a_token(tmp_path, upstream):
         async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, f"?voice=1&token={TOKEN}")) as ws:
             await opening(ws)
 
+    encoded = "".join(f"%{ord(c):02X}" for c in TOKEN)  # the token percent-encoded, every character
     with bridge(tmp_path, upstream=upstream, tokens=[TOKEN]) as base:
         asyncio.run(scenario(base))
-        http_get(base + f"/healthz?token={TOKEN}")
+        for query in (
+            f"token={TOKEN}",
+            f"%74oken={TOKEN}",
+            f"token=x&token={TOKEN}",
+            f"TOKEN={TOKEN}",
+            f"tiCKet={TOKEN}",
+            f"token={encoded}",
+            f"%74%6F%6B%65%6E={encoded}",
+        ):
+            http_get(base + f"/healthz?{query}")
+            http_get(base + f"/metrics?{query}")
     log = next(tmp_path.glob("bridge-*.log")).read_text()
-    assert TOKEN not in log
+    assert TOKEN not in log and encoded not in log and TOKEN.lower() not in log.lower()
     assert "/api/chat?voice=1&token=REDACTED" in log
 
 
@@ -683,3 +694,23 @@ def test_a_long_close_reason_is_cut_on_a_character_boundary():
     asyncio.run(close(peer, 1008, "x" + "é" * 100))  # byte 120 falls inside an é
     code, message = peer.sent
     assert code == 1008 and message.decode() == "x" + "é" * 59
+
+
+def test_the_frame_budget_is_a_sliding_second_not_a_calendar_one(monkeypatch):
+    """300 frames in 20 ms across a second's edge are over a budget of 200 a second; 200 a second
+    spread evenly, for as long as a session lasts, are not."""
+    from myca_ops import sessions
+
+    clock = [1000.99]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    seen = sessions.Liveness(sessions.Rules(max_frames_per_s=200))
+    ends = []
+    for i in range(300):
+        clock[0] = 1000.99 + i * 0.02 / 300  # 1000.99 to 1001.01
+        ends.append(seen.frame(audio=False))
+    first = next(i for i, end in enumerate(ends) if end)  # a fixed second would take them all (150 + 150)
+    assert 200 <= first < 210 and ends[first] == ("flood", 1008, "over 200 frames in a second")
+    steady = sessions.Liveness(sessions.Rules(max_frames_per_s=200))
+    for i in range(2000):  # 10 s at 200 a second
+        clock[0] = 2000 + i / 200
+        assert steady.frame(audio=True) is None

@@ -12,6 +12,7 @@ must stay under 100 MB (the batched server's, which holds the model, may not gro
 import abc
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import sys
@@ -114,6 +115,111 @@ class StopReading(Attack):
         self.seen = f"sent {sent / 2**20:.1f} MiB, then read nothing"
         self.stop.wait()
         sock.close()
+
+
+def ogg_pages() -> list[bytes]:
+    """Real Ogg/Opus speech, one page (or the few a chunk makes) per 80 ms chunk, each a frame."""
+    import sphn
+
+    from myca_ops.voice.probe import SEND_FRAME, speech_like
+
+    writer, audio = sphn.OpusStreamWriter(24000), speech_like(4.0)
+    chunks = (bytes(writer.append_pcm(audio[i : i + SEND_FRAME])) for i in range(0, len(audio), SEND_FRAME))
+    return [chunk for chunk in chunks if chunk]
+
+
+async def talking(ws, every_s: float, until) -> int:
+    """Audio pages every `every_s` (so the idle timer never fires) until `until()` or the end."""
+    sent = 0
+    for page in itertools.cycle(ogg_pages()):
+        if until() or ws.closed:
+            return sent
+        await ws.send_bytes(b"\x01" + page)
+        sent += 1
+        await asyncio.sleep(every_s)
+    return sent
+
+
+async def reading(ws) -> None:
+    while (await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+        pass
+
+
+class ForgedPongs(Attack):
+    """Talks (real audio every 0.1 s) and reads nothing, but answers the pings it never read with
+    made-up pongs, 10 a second, as RFC 6455 lets any client send one unasked."""
+
+    settle_s = 2.5  # write stall 1 s, checked 4 times a second
+
+    def run(self) -> None:
+        sock = raw_websocket(self.base, rcvbuf=4096)
+        pong = bytes([0x8A, 0x80 | 8]) + bytes(4) + b"notyours"  # masked (zero mask), 8 bytes of payload
+        pages, t0, reason = itertools.cycle(ogg_pages()), time.monotonic(), "still open after 10 s"
+        try:
+            while time.monotonic() - t0 < 10 and not self.stop.is_set():
+                sock.sendall(pong + client_frame(b"\x01" + next(pages)))
+                time.sleep(0.1)
+        except OSError as exc:
+            reason = f"cut after {time.monotonic() - t0:.1f} s ({type(exc).__name__})"
+        self.seen = f"audio and a forged pong every 0.1 s, nothing read: {reason}"
+        self.stop.wait()
+        sock.close()
+
+
+class PingFlood(Attack):
+    """Answers the server's pings and talks (an audio page every 0.5 s) while it pings about 1,000
+    times a second: control frames are frames too."""
+
+    until_seen = True
+
+    def run(self) -> None:
+        async def flood():
+            pings, t0 = 0, time.monotonic()
+            async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(self.base)) as ws:
+                talker = asyncio.create_task(talking(ws, 0.5, self.stop.is_set))
+                reader = asyncio.create_task(reading(ws))  # its receive() answers the server's pings
+                with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                    while not ws.closed and time.monotonic() - t0 < 10:
+                        await ws.ping()
+                        pings += 1
+                        if pings % 10 == 0:
+                            await asyncio.sleep(0.01)  # about 1,000 a second, and its reader answers pings
+                talker.cancel()
+                reader.cancel()
+                ended = ws.close_code or "reset"
+            return f"{pings} pings, audio every 0.5 s: ended after {time.monotonic() - t0:.1f} s ({ended})"
+
+        self.seen = asyncio.run(flood())
+        self.stop.wait()
+
+
+class KindByte(Attack):
+    """Reads everything and answers pings, and sends the audio kind byte alone twice a second: a
+    kind byte is not audio."""
+
+    settle_s = 3.0  # idle after 2 s
+
+    def run(self) -> None:
+        async def bare():
+            sent = 0
+            async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(self.base)) as ws:
+
+                async def send():
+                    nonlocal sent
+                    while not ws.closed:
+                        await ws.send_bytes(b"\x01")
+                        sent += 1
+                        await asyncio.sleep(0.5)
+
+                sender = asyncio.create_task(send())
+                while (msg := await ws.receive(timeout=15)).type == aiohttp.WSMsgType.BINARY:
+                    pass
+                sender.cancel()
+                while not self.stop.is_set():
+                    await asyncio.sleep(0.1)
+            return f"the audio kind byte alone every 0.5 s ({sent} sent): {msg.extra or msg.type.name}"
+
+        self.seen = asyncio.run(bare())
 
 
 class Junk(Attack):
@@ -258,7 +364,7 @@ def reconnects(base: str) -> str:
     return f"200 callers, each hanging up right after the handshake: {asyncio.run(storm())} told busy"
 
 
-ATTACKS = [StopReading, Junk, TinyFlood, HugeFrame, HalfOpen, Refusals]
+ATTACKS = [StopReading, ForgedPongs, PingFlood, KindByte, Junk, TinyFlood, HugeFrame, HalfOpen, Refusals]
 QUICK = [healthz_burst, reconnects]  # over before the probe: probed after
 
 
@@ -286,6 +392,9 @@ def battery(base: str, pid: int, what: str) -> list[tuple]:
         assert during is not None and during < 1000, f"{name}: {seen}; a caller during it waited {during} ms"
         assert after is not None and after < 1000, f"{name}: {seen}; the next caller waited {after} ms"
     seen = {name: text for name, text, *_ in rows}
+    assert "nothing read: cut after" in seen["ForgedPongs"]
+    assert "ended after" in seen["PingFlood"] and float(seen["PingFlood"].split("ended after ")[1].split()[0]) < 2
+    assert "idle: no audio" in seen["KindByte"]
     assert "idle: no audio" in seen["Junk"]
     assert "from the server" in seen["TinyFlood"]
     assert seen["HugeFrame"].endswith(("closed with 1009", "connection reset"))

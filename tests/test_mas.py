@@ -490,3 +490,41 @@ def test_migrate_cli_reports_what_it_applied(postgres):
     assert json.loads(check.stdout) == {"pending": ["0001_initial"]}
     assert json.loads(first.stdout) == {"applied": ["0001_initial"]}
     assert json.loads(second.stdout) == {"applied": []}
+
+
+def test_a_health_answer_too_large_to_be_one_is_not_read(tmp_path):
+    """The bridge's /healthz and Moshi's, read by the MAS: an answer over 64 KiB (a hostile or broken
+    peer streaming without end) is an error field after 64 KiB, never read whole; a real one reads."""
+    from aiohttp import web
+
+    from myca_ops.mas.checks import bridge_health, moshi_health
+
+    async def scenario():
+        async def huge(request):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for _ in range(10_000):  # 100 MB unless the reader stops
+                await response.write(b" " * 10_000)
+            return response
+
+        async def small(request):
+            return web.json_response({"ok": True, "sessions": 2, "moshi": {"status": "ready"}, "model_loaded": True})
+
+        answers = {}
+        for name, handler in (("huge", huge), ("small", small)):
+            app = web.Application()
+            app.router.add_get("/healthz", handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+            answers[name] = (await bridge_health(url, 10), await moshi_health(url, 10))
+            await runner.cleanup()
+        return answers
+
+    answers = asyncio.run(scenario())
+    for said in answers["huge"]:
+        assert said["ok"] is False and "over 65536 bytes" in said["error"], said
+    bridge, moshi = answers["small"]
+    assert bridge["ok"] is True and bridge["sessions"] == 2 and moshi["ok"] is True

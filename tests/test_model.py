@@ -186,3 +186,33 @@ def test_the_dtype_rule_is_the_servers():
     assert model.dtype_for("cpu", half=True) is torch.float32  # bf16 is slow on CPU
     assert model.dtype_for("cuda", half=False) is torch.bfloat16
     assert model.dtype_for("cuda:1", half=True) is torch.float16
+
+
+# torch.cuda.get_arch_list() of PyPI's builds: PersonaPlex's pin (2.4.1, CUDA 12.1) and a CUDA 12.8 torch.
+TORCH_241 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+TORCH_CU128 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+
+
+@pytest.mark.parametrize(
+    "gpu, capability, arch_list, runs",
+    [
+        ("NVIDIA GeForce RTX 4090", "8.9", TORCH_241, True),  # sm_86's kernels run on 8.9
+        ("NVIDIA GeForce RTX 3090", "8.6", TORCH_241, True),
+        ("NVIDIA A100-SXM4-80GB", "8.0", TORCH_241, True),
+        ("NVIDIA GeForce RTX 5090", "12.0", TORCH_241, False),  # no sm_12x, no PTX
+        ("NVIDIA GeForce RTX 5090", "12.0", TORCH_CU128, True),
+        ("NVIDIA GeForce RTX 2080", "7.5", ["sm_80", "sm_90"], False),  # newer cubins do not run on older GPUs
+        ("NVIDIA H100 80GB HBM3", "9.0", ["sm_80", "compute_80"], True),  # PTX is compiled for newer GPUs
+    ],
+)
+def test_the_preflight_knows_whether_the_serving_torch_runs_on_the_gpu(gpu, capability, arch_list, runs):
+    facts = {**LINUX, "torch_version": "2.4.1", "torch_cuda_version": "12.1", "torch_arch_list": arch_list}
+    facts["torch_devices"] = [{"name": gpu, "capability": capability}]
+    got = model.recommend(facts)
+    if runs:
+        assert got.limit != "gpu_unsupported"
+    else:
+        assert (got.mode, got.limit) == (None, "gpu_unsupported")
+        sm = "sm_" + capability.replace(".", "")
+        assert got.reason.startswith(f"{gpu} is {sm}; torch 2.4.1 (CUDA 12.1) has kernels for ")
+        assert f"install a torch built for {sm}" in got.reason

@@ -2,23 +2,30 @@
 
 A slot is held only by a real caller, for a bounded time:
 
-- **write stall**: the client is pinged every ``write_stall_s / 4``; a client whose pongs stop for
-  ``write_stall_s`` is not reading, and its connection is aborted at once (no close handshake:
-  it could not take part in one), so its slot is free at once;
-- **idle**: no *audio* for ``idle_timeout_s`` (frames of other kinds do not count) closes with 4408;
+- **write stall**: the client is pinged every ``write_stall_s / 4`` with a payload of random bytes;
+  only a pong that echoes one (RFC 6455: a pong answers with the ping's payload) proves it read
+  that far into what it was sent, so an unsolicited or forged pong proves nothing.  A client with
+  no such pong for ``write_stall_s`` is not reading, and its connection is aborted at once (no
+  close handshake: it could not take part in one), so its slot is free at once;
+- **idle**: no *audio* for ``idle_timeout_s`` closes with 4408: audio is an Ogg page of the audio
+  kind (``is_audio``), so frames of other kinds, control frames and a bare kind byte do not count;
 - **session limit**: ``max_session_s`` after the start, 4410;
-- **flood**: over ``max_frames_per_s`` frames in a second aborts the connection (1008 in the log);
-  the frames over the budget go nowhere.
+- **flood**: every frame the client sends, control frames included, draws on a budget of
+  ``max_frames_per_s`` that refills continuously (a sliding second, not a calendar one); a frame
+  beyond it aborts the connection (1008 in the log) and goes nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 
-from aiohttp import WSCloseCode
+from aiohttp import WSCloseCode, WSMsgType
+
+from myca_ops.voice.protocol import AUDIO
 
 CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008: over the frame budget
 CLOSE_IDLE = 4408
@@ -28,6 +35,12 @@ CLOSE_TIMEOUT_S = 2.0
 # Outcomes whose connection is aborted at once, without a close handshake: a client that reads
 # nothing cannot take part in one, and a flood is not worth the CPU of waiting for it.
 ABORTED = frozenset({"write_stall", "flood"})
+OGG_PAGE_HEADER = 27  # bytes of an Ogg page before its segment table: "OggS", version, flags, ...
+
+
+def is_audio(data: bytes) -> bool:
+    """Whether a client's frame is audio: the audio kind byte, then an Ogg page."""
+    return len(data) > OGG_PAGE_HEADER and data[0] == AUDIO and data[1:5] == b"OggS"
 
 
 @dataclass(frozen=True)
@@ -45,33 +58,51 @@ class Rules:
 
 
 class Liveness:
-    """When the client last answered a ping and last sent audio, when its session started, and
-    its frames in the current second."""
+    """When the client last answered one of our pings and last sent audio, when its session
+    started, and what is left of its frame budget."""
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
-        self.started = self.last_pong = self.last_audio = time.monotonic()
-        self.second, self.frames = 0, 0
+        self.started = self.last_pong = self.last_audio = self.last_frame = time.monotonic()
+        self.budget = float(rules.max_frames_per_s)
+        self.pings: tuple[bytes, ...] = ()  # the payloads of the last two pings sent
 
-    def pong(self) -> None:
-        self.last_pong = time.monotonic()
+    def ping_payload(self) -> bytes:
+        payload = os.urandom(8)
+        self.pings = (*self.pings[-1:], payload)
+        return payload
+
+    def pong(self, payload: bytes) -> None:
+        if payload in self.pings:  # an answer to a ping of ours, not a pong made up unread
+            self.last_pong = time.monotonic()
 
     def frame(self, audio: bool) -> tuple[str, int, str] | None:
-        """Count one frame from the client; the session's end when it is over the budget."""
-        now = time.monotonic()
-        if int(now) != self.second:
-            self.second, self.frames = int(now), 0
-        self.frames += 1
-        if self.frames > self.rules.max_frames_per_s:
-            return "flood", CLOSE_POLICY, f"over {self.rules.max_frames_per_s} frames in a second"
+        """Count one frame from the client (any kind, control frames too); the session's end when
+        it is over the budget, which refills at max_frames_per_s a second up to one second's worth."""
+        now, rate = time.monotonic(), self.rules.max_frames_per_s
+        self.budget = min(float(rate), self.budget + (now - self.last_frame) * rate)
+        self.last_frame = now
+        if self.budget < 1:
+            return "flood", CLOSE_POLICY, f"over {rate} frames in a second"
+        self.budget -= 1
         if audio:
             self.last_audio = now
         return None
 
+    async def control(self, ws, kind: WSMsgType, payload: bytes) -> tuple[str, int, str] | None:
+        """A ping or pong from the client: counted as a frame; a ping answered, a pong taken as
+        proof of reading when it answers one of ours.  The session's end when over the budget."""
+        over = self.frame(audio=False)
+        if over is None and kind == WSMsgType.PONG:
+            self.pong(payload)
+        elif over is None:
+            await ws.pong(payload)
+        return over
 
-async def _ping(ws) -> None:
+
+async def _ping(ws, payload: bytes) -> None:
     with contextlib.suppress(Exception):  # the connection is going: the watch notices the silence
-        await ws.ping()
+        await ws.ping(payload)
 
 
 async def watch(ws, seen: Liveness) -> tuple[str, int, str]:
@@ -91,7 +122,7 @@ async def watch(ws, seen: Liveness) -> tuple[str, int, str]:
             if now - seen.started > rules.max_session_s:
                 return "session_limit", CLOSE_SESSION_LIMIT, f"session limit: {rules.max_session_s:g} s"
             if ping is None or ping.done():  # one ping in flight: behind a full buffer it waits
-                ping = asyncio.create_task(_ping(ws))
+                ping = asyncio.create_task(_ping(ws, seen.ping_payload()))
             await asyncio.sleep(interval)
     finally:
         if ping is not None:

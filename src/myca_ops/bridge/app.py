@@ -16,6 +16,7 @@ import logging
 import re
 import ssl
 import time
+import urllib.parse
 import uuid
 
 import aiohttp
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from myca_ops.bridge.config import BridgeConfig
 from myca_ops.bridge.events import EventSink
 from myca_ops.bridge.tickets import Refusal, Tickets, unauthorized
-from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, watch
+from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, is_audio, watch
 from myca_ops.version import installed
 from myca_ops.voice.health import check
 from myca_ops.voice.persona import NAME as persona_name
@@ -48,7 +49,6 @@ AUDIO = 1
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
 HEALTH_CACHE_S = 2.0
-CREDENTIAL_IN_QUERY = re.compile(r"([?&])(token|ticket)=[^&]*")
 CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
 CLIENT_PROMPTS = ("text_prompt", "voice_prompt")  # PersonaPlex's, passed on only with allow_client_prompts
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
@@ -376,13 +376,14 @@ async def pump_from_client(ws: web.WebSocketResponse, upstream, config: BridgeCo
     limit = config.max_message_bytes
     while True:
         msg = await ws.receive()
-        if msg.type == WSMsgType.PONG:
-            seen.pong()
-        elif msg.type == WSMsgType.PING:
-            await ws.pong(msg.data)
+        if msg.type in (WSMsgType.PING, WSMsgType.PONG):
+            over = await seen.control(ws, msg.type, msg.data)
+            if over:
+                m.dropped.labels("over_budget").inc()
+                return over
         elif msg.type == WSMsgType.BINARY:
             data = msg.data
-            over = seen.frame(audio=data[:1] == bytes([AUDIO]))
+            over = seen.frame(audio=is_audio(data))
             if over:
                 m.dropped.labels("over_budget").inc()
                 return over
@@ -494,10 +495,12 @@ async def per_address_cap(request: web.Request, handler):
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request, with any token or ticket in the query string redacted."""
+    """One line per request, its query as parsed (percent-decoded, as the bridge reads it) with the
+    value of every credential-bearing key redacted, in any case or encoding."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = CREDENTIAL_IN_QUERY.sub(r"\1\2=REDACTED", request.path_qs)
+        query = [(k, "REDACTED" if k.lower() in CREDENTIALS else v) for k, v in request.query.items()]
+        path = request.path + ("?" + urllib.parse.urlencode(query) if query else "")
         self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import aiohttp
 
-from myca_ops.voice.health import check
+from myca_ops.voice.health import MAX_BODY_BYTES, check
 
 
 async def moshi_health(url: str, timeout: float) -> dict:
@@ -33,7 +34,13 @@ async def bridge_health(base_url: str, timeout: float) -> dict:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
             async with http.get(base_url + "/healthz") as resp:
-                body = await resp.json(content_type=None)
+                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            return {
+                "ok": False,
+                "error": f"{base_url}/healthz answered over {MAX_BODY_BYTES} bytes: not a health document",
+            }
+        body = json.loads(raw)
         if not isinstance(body, dict):
             return {"ok": False, "error": f"{base_url}/healthz answered {type(body).__name__}, not a JSON object"}
         error, moshi = body.get("error"), body.get("moshi")

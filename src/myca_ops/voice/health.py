@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 
 UP_STATUSES = ("ready", "full", "over budget", "answering")  # "answering": moshi.server, no /healthz
+MAX_BODY_BYTES = 65536  # a health document is a few hundred bytes: more is not one, and is not read
 
 
 def base_url(url: str) -> str:
@@ -57,14 +58,22 @@ def check(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None)
     answer = {"url": base}
     try:
         with urllib.request.urlopen(f"{base}/healthz", timeout=timeout, context=context) as reply:
-            code, body = reply.status, reply.read()
+            code, body = reply.status, reply.read(MAX_BODY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        code, body = exc.code, exc.read()
+        code, body = exc.code, exc.read(MAX_BODY_BYTES + 1)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return {**answer, "up": False, "status": "down", "source": "http", "error": f"no answer from {base}: {reason}"}
     if code == 404:
         return {**answer, "up": True, "status": "answering", "source": "http", "detail": "no /healthz (moshi.server)"}
+    if len(body) > MAX_BODY_BYTES:
+        return {
+            **answer,
+            "up": False,
+            "status": "down",
+            "source": "http",
+            "error": f"{base}/healthz: over {MAX_BODY_BYTES} bytes",
+        }
     try:
         health = json.loads(body)
         if not isinstance(health, dict):

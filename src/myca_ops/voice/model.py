@@ -77,7 +77,7 @@ def switch(env: dict[str, str], name: str, default: bool = False) -> bool:
 
 # --- The mode ----------------------------------------------------------------------------------
 # Why a mode is slower than compile+graphs, as data (verdicts branch on it, never on the text).
-LIMITS = ("no_cuda", "no_triton", "triton_fails", "forced", "not_probed")
+LIMITS = ("no_cuda", "no_triton", "triton_fails", "forced", "not_probed", "gpu_unsupported")
 
 # triton-windows releases pair with one torch minor each (its README's table).
 TRITON_WINDOWS_FOR_TORCH = {"2.6": "3.2", "2.7": "3.3", "2.8": "3.4", "2.9": "3.5"}
@@ -88,7 +88,7 @@ TRITON_WINDOWS_FOR_TORCH = {"2.6": "3.2", "2.7": "3.3", "2.8": "3.4", "2.9": "3.
 PROBE = r"""
 import json, os, platform, shutil, sys, sysconfig
 out = {"system": platform.system(), "python": sys.executable, "torch_version": None,
-       "torch_cuda_available": False, "torch_cuda_version": None, "torch_devices": [],
+       "torch_cuda_available": False, "torch_cuda_version": None, "torch_devices": [], "torch_arch_list": [],
        "triton_version": None, "triton_compiles": False, "triton_error": None, "probe_error": None,
        "c_compiler": shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc"),
        "python_headers": os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))}
@@ -101,10 +101,16 @@ out["torch_version"] = torch.__version__.split("+")[0]
 out["torch_cuda_version"] = torch.version.cuda
 out["torch_cuda_available"] = bool(torch.cuda.is_available())
 if out["torch_cuda_available"]:
+    out["torch_arch_list"] = torch.cuda.get_arch_list()
     for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        out["torch_devices"].append({"name": torch.cuda.get_device_name(i),
-                                     "memory_total_mib": total // 2**20, "memory_free_mib": free // 2**20})
+        major, minor = torch.cuda.get_device_capability(i)
+        out["torch_devices"].append({"name": torch.cuda.get_device_name(i), "capability": "%d.%d" % (major, minor)})
+        try:
+            free, total = torch.cuda.mem_get_info(i)
+        except Exception as exc:  # a GPU this torch has no kernels for may refuse any CUDA call
+            out["torch_devices"][-1]["error"] = str(exc).strip().splitlines()[0]
+            continue
+        out["torch_devices"][-1].update(memory_total_mib=total // 2**20, memory_free_mib=free // 2**20)
 try:
     import triton
     out["triton_version"] = triton.__version__
@@ -134,6 +140,9 @@ def recommend(facts: dict) -> Recommendation:
         return Recommendation(None, f"not probed: {facts.get('probe_error') or 'no torch'}", "not_probed")
     if not facts.get("torch_cuda_available"):
         return Recommendation("cpu", f"torch {facts['torch_version']} sees no CUDA device", "no_cuda")
+    unsupported = unsupported_gpu(facts)
+    if unsupported:
+        return Recommendation(None, unsupported, "gpu_unsupported")
     graphs_only = "CUDA graphs on, torch.compile off: "
     if not facts.get("triton_version"):
         return Recommendation("graphs", graphs_only + "Triton is not installed: " + _triton_install(facts), "no_triton")
@@ -153,6 +162,40 @@ def recommend(facts: dict) -> Recommendation:
         f"CUDA and Triton {facts['triton_version']} compile a kernel: torch.compile and CUDA graphs on",
         None,
     )
+
+
+def _sm(arch: str) -> tuple[int, int]:
+    """(major, minor) of an architecture: "sm_86" or "compute_90" (the last digit is the minor), or "8.6"."""
+    digits = arch.split("_")[-1].replace(".", "")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def arch_supported(capability: str, arch_list: list[str]) -> bool:
+    """Whether a torch built for `arch_list` runs kernels on a GPU of `capability` ("12.0"): a cubin
+    for the same major version and a minor up to the GPU's, or PTX (compute_XY) up to its version,
+    which the driver compiles for it."""
+    gpu = _sm(capability)
+    cubins = [_sm(a) for a in arch_list if a.startswith("sm_")]
+    ptx = [_sm(a) for a in arch_list if a.startswith("compute_")]
+    return any(major == gpu[0] and minor <= gpu[1] for major, minor in cubins) or any(p <= gpu for p in ptx)
+
+
+def unsupported_gpu(facts: dict) -> str | None:
+    """Why the probed torch cannot run on the probed GPU (no kernels for its architecture), naming
+    the fix; None when it can, or when the probe did not say (an older myca_ops)."""
+    arch_list = facts.get("torch_arch_list") or []
+    for device in facts.get("torch_devices") or []:
+        capability = device.get("capability")
+        if arch_list and capability and not arch_supported(capability, arch_list):
+            sm = "sm_{}{}".format(*_sm(capability))
+            return (
+                f"{device['name']} is {sm}; torch {facts['torch_version']} (CUDA {facts.get('torch_cuda_version')}) "
+                f"has kernels for {', '.join(arch_list)} only: install a torch built for {sm} (PyPI's CUDA 12.8 "
+                "builds of torch 2.7 or later for sm_120) in moshi_torch_package. NVIDIA's own PersonaPlex server "
+                "pins torch<2.5, which has none for GPUs newer than sm_90: serve its checkpoint with "
+                "moshi_server: batched"
+            )
+    return None
 
 
 def _triton_install(facts: dict) -> str:

@@ -46,7 +46,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from myca_ops.sessions import Liveness, Rules, close, end, watch
+from myca_ops.sessions import Liveness, Rules, close, end, is_audio, watch
 from myca_ops.version import installed
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
@@ -698,14 +698,15 @@ async def receive_loop(ws: web.WebSocketResponse, server: VoiceServer, session: 
     session's end when the client closes, errs or floods.  Other binary kinds are ignored, as
     moshi.server does (and are not audio)."""
     async for message in ws:
-        if message.type == WSMsgType.PONG:
-            seen.pong()
-        elif message.type == WSMsgType.PING:
-            await ws.pong(message.data)
+        if message.type in (WSMsgType.PING, WSMsgType.PONG):
+            over = await seen.control(ws, message.type, message.data)
+            if over:
+                server.metrics.dropped.labels("in").inc()
+                return over
         elif message.type == WSMsgType.ERROR:
             return "error", WSCloseCode.PROTOCOL_ERROR, f"client error: {message.data}"
         elif message.type == WSMsgType.BINARY and message.data:
-            over = seen.frame(audio=message.data[0] == AUDIO)
+            over = seen.frame(audio=is_audio(message.data))
             if over:
                 server.metrics.dropped.labels("in").inc()
                 return over
