@@ -132,6 +132,20 @@ def moshi_server(lab_weights, tmp_path_factory):
         server.wait(10)
 
 
+async def serve_one_route(path: str, handler):
+    """An aiohttp app answering GET `path` with `handler` on a free loopback port: (runner, port);
+    `await runner.cleanup()` stops it."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 def raw_websocket(base: str, rcvbuf: int = 4096) -> socket.socket:
     """A websocket opened by hand on a plain socket with a small receive buffer: a client that
     can stop reading at will. `base` is host:port, with or without http://."""

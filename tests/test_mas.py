@@ -13,6 +13,7 @@ import uuid
 import asyncpg
 import pytest
 
+from conftest import serve_one_route
 from myca_ops.lab.processes import free_port, process
 from myca_ops.mas import collectors
 from myca_ops.mas.schema import migrate
@@ -512,13 +513,8 @@ def test_a_health_answer_too_large_to_be_one_is_not_read(tmp_path):
 
         answers = {}
         for name, handler in (("huge", huge), ("small", small)):
-            app = web.Application()
-            app.router.add_get("/healthz", handler)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+            runner, port = await serve_one_route("/healthz", handler)
+            url = f"http://127.0.0.1:{port}"
             answers[name] = (await bridge_health(url, 10), await moshi_health(url, 10))
             await runner.cleanup()
         return answers

@@ -82,14 +82,20 @@ def personaplex(lab_weights, tmp_path_factory):
     from myca_ops.lab.weights import generate
 
     folder = generate(lab_weights.parent / "weights-personaplex", dim=128, layers=1, flavour="personaplex")
+    loaded = load_greedy(folder)
+    return folder, loaded, loaded.prompts(folder / "voices")
+
+
+def load_greedy(folder):
+    """A PersonaPlex checkpoint loaded as the service loads it (MYCA_MOSHI_FLAVOUR=personaplex), on
+    CPU, greedy."""
     env = {
         "MYCA_MOSHI_FLAVOUR": "personaplex",
         "MYCA_MOSHI_DEVICE": "cpu",
         "MYCA_MOSHI_WEIGHTS_DIR": str(folder),
         "MYCA_MOSHI_GREEDY": "1",
     }
-    loaded = voice_model.load(env)
-    return folder, loaded, loaded.prompts(folder / "voices")
+    return voice_model.load(env)
 
 
 def test_the_lab_personaplex_checkpoint_has_its_layout_and_voices(personaplex):

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_personaplex import load_greedy
 
-from myca_ops.voice import model as voice_model
 from myca_ops.voice.persona import SILENCE_TOKENS, ZERO_TEXT
 
 pytestmark = pytest.mark.lab  # torch, the lab's weights
@@ -52,13 +52,7 @@ def recorded_on(lab_weights, tmp_path_factory):
         f"the reference was recorded on other files than these ({', '.join(other)}): remake it with "
         "tests/personaplex_reference.py on this checkpoint"
     )
-    env = {
-        "MYCA_MOSHI_FLAVOUR": "personaplex",
-        "MYCA_MOSHI_DEVICE": "cpu",
-        "MYCA_MOSHI_WEIGHTS_DIR": str(folder),
-        "MYCA_MOSHI_GREEDY": "1",
-    }
-    loaded = voice_model.load(env)
+    loaded = load_greedy(folder)
     return loaded, loaded.prompts(voices)
 
 

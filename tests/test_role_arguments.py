@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import BIN, ROOT, ansible_env
+from conftest import BIN, ROOT, ansible_env, serve_one_route
 
 
 def run_role(tmp_path, role: str, variables: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -341,13 +341,7 @@ class SharedGenerator:
         async def main():
             nonlocal lock
             lock = asyncio.Lock()
-            app = web.Application()
-            app.router.add_get("/api/chat", chat)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
+            _, self.port = await serve_one_route("/api/chat", chat)
             self.ready.set()
             await asyncio.Event().wait()
 
