@@ -243,3 +243,18 @@ def test_the_documented_two_step_rotation_refuses_no_ticket():
     assert refused_during(ROTATION) == []
     # Putting the new key first at once refuses the pages that the site signs before the bridge restarts.
     assert refused_during([ROTATION[0], ROTATION[2]]) == ["1->2 keys: site ahead"]
+
+
+def test_an_address_storm_fills_the_mint_limiter_and_a_fresh_visitor_still_gets_a_ticket():
+    """10,000 addresses minting at once used to fill the limiter and refuse everyone for a minute;
+    now the client tracked longest is forgotten, and each client keeps its own limit."""
+    from myca_ops.bridge.app import RateLimit
+
+    limit = RateLimit(per_min=3, max_clients=10_000)
+    storm = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(20_000)]
+    assert all(limit.allow(address) for address in storm)
+    assert limit.allow("192.0.2.7") and len(limit.windows) == 10_000  # a fresh visitor, bounded memory
+    assert [limit.allow("192.0.2.7") for _ in range(3)] == [True, True, False]  # its own limit holds
+    # One IPv6 host is one client, whatever address of its /64 it uses.
+    assert [limit.allow(f"2001:db8::{i:x}") for i in range(4)] == [True, True, True, False]
+    assert limit.allow("2001:db8:0:1::1")  # another /64

@@ -18,6 +18,7 @@ import ssl
 import time
 import urllib.parse
 import uuid
+from collections import OrderedDict
 
 import aiohttp
 import yarl
@@ -123,24 +124,34 @@ class BridgeState:
 
 
 class RateLimit:
-    """At most `per_min` requests per client address in each minute (fixed windows), in bounded memory."""
+    """At most `per_min` requests per client in each minute (fixed windows), in bounded memory. A
+    client is an IPv4 address or an IPv6 /64 (what one host is given). When `max_clients` are
+    tracked, the one tracked longest is forgotten: a storm from many addresses costs their own
+    limits, never a fresh visitor's ticket."""
 
-    def __init__(self, per_min: int, max_addresses: int = 10_000) -> None:
-        self.per_min, self.max_addresses = per_min, max_addresses
-        self.windows: dict[str, tuple[float, int]] = {}  # address -> (window start, requests in it)
+    def __init__(self, per_min: int, max_clients: int = 10_000) -> None:
+        self.per_min, self.max_clients = per_min, max_clients
+        self.windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, requests)
+
+    @staticmethod
+    def client(address: str) -> str:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
 
     def allow(self, address: str) -> bool:
-        now = time.monotonic()
-        if len(self.windows) >= self.max_addresses:  # forget the windows that are over
-            self.windows = {a: w for a, w in self.windows.items() if now - w[0] < 60}
-            if len(self.windows) >= self.max_addresses:
-                return False
-        start, count = self.windows.get(address, (now, 0))
+        now, client = time.monotonic(), self.client(address)
+        start, count = self.windows.get(client, (now, 0))
         if now - start >= 60:
             start, count = now, 0
         if count >= self.per_min:
             return False
-        self.windows[address] = (start, count + 1)
+        self.windows[client] = (start, count + 1)
+        self.windows.move_to_end(client)
+        while len(self.windows) > self.max_clients:
+            self.windows.popitem(last=False)
         return True
 
 
