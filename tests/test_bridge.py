@@ -579,6 +579,33 @@ def test_a_client_address_over_its_connection_cap_gets_429(tmp_path, upstream):
         assert asyncio.run(scenario(base)) == 429
 
 
+def test_keep_alive_connections_count_against_their_address_and_another_address_is_served(tmp_path, upstream):
+    """20 keep-alive connections from 127.0.0.2, each with a request answered and then held open
+    idle: 4 are served (the cap counts connections in every state, not open requests), the rest
+    told 429; a caller from 127.0.0.1 meanwhile gets its handshake at once; closed, the 4 free
+    their address's places."""
+    import socket
+
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+
+    def keep_alive(port: int) -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+        sock.sendall(request)
+        return sock, sock.recv(4096).split(b"\r\n")[0]
+
+    with bridge(tmp_path, upstream=upstream, max_connections_per_address=4, header_timeout_s=30) as base:
+        port = int(base.rsplit(":", 1)[1])
+        held = [keep_alive(port) for _ in range(20)]
+        statuses = [status for _, status in held]
+        assert statuses.count(b"HTTP/1.1 200 OK") == 4 and statuses.count(b"HTTP/1.1 429 Too Many Requests") == 16
+        t0 = time.monotonic()
+        assert asyncio.run(query_upstream_sees(base, "")) == "" and time.monotonic() - t0 < 1
+        for sock, _ in held:
+            sock.close()
+        time.sleep(0.2)
+        assert keep_alive(port)[1] == b"HTTP/1.1 200 OK"
+
+
 def test_the_access_log_never_holds_a_token(tmp_path, upstream):
     async def scenario(base):
         async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, f"?voice=1&token={TOKEN}")) as ws:

@@ -258,3 +258,46 @@ def test_an_address_storm_fills_the_mint_limiter_and_a_fresh_visitor_still_gets_
     # One IPv6 host is one client, whatever address of its /64 it uses.
     assert [limit.allow(f"2001:db8::{i:x}") for i in range(4)] == [True, True, True, False]
     assert limit.allow("2001:db8:0:1::1")  # another /64
+
+
+def test_fuzzed_headers_and_claims_never_get_a_500_or_a_traceback(ticketed):
+    """400 requests at /api/chat and the ticket route with random Origin, Authorization and query
+    bytes (any byte value, doubled headers) and validly signed tickets whose claims have random
+    types: each is answered (101, 400, 401, 403, 429, ...), never 500, and the log holds no traceback."""
+    import random
+    import socket
+
+    base, log = ticketed
+    host, port = base.removeprefix("http://").split(":")
+    rng = random.Random(11)
+    values = [0, -1, 2**63, 1.5, "", "x", "9999999999", None, True, [], {}, [1], {"a": 1}, "é" * 300]
+
+    def junk() -> bytes:
+        return bytes(rng.randrange(0x20, 0x100) for _ in range(rng.randrange(0, 40)))
+
+    def ticket() -> str:
+        now = int(time.time())
+        claims = {"aud": SITE, "iat": now, "exp": now + 60, "jti": f"f{rng.random()}"}
+        for name in rng.sample(["aud", "iat", "exp", "jti", "persona"], rng.randrange(1, 4)):
+            claims[name] = rng.choice(values)
+        return jwt.encode({k: v for k, v in claims.items() if v is not None}, KEY, algorithm="HS256")
+
+    statuses = []
+    for i in range(400):
+        headers = b"".join(
+            b"Origin: " + rng.choice([SITE.encode(), junk()]) + b"\r\n" for _ in range(rng.randrange(0, 3))
+        )
+        if rng.random() < 0.5:
+            headers += b"Authorization: " + rng.choice([b"Bearer ", b"bearer ", b"Basic ", b""]) + junk() + b"\r\n"
+        query = rng.choice([b"ticket=" + ticket().encode(), b"persona=" + junk().replace(b" ", b"%20"), junk()])
+        if i % 2:
+            head = b"GET /api/chat?" + query + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            head += b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        else:
+            head = b"POST /api/voice/ticket?" + query + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(head + headers + b"\r\n")
+            statuses.append(sock.recv(4096).split(b"\r\n")[0])
+    assert len(statuses) == 400 and all(s.startswith(b"HTTP/1.") for s in statuses), set(statuses)
+    assert not [s for s in statuses if s[9:10] == b"5"], sorted(set(statuses))
+    assert "Traceback" not in log.read_text()

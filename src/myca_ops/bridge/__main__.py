@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 
 import uvloop
 from aiohttp import web
 
-from myca_ops.bridge.app import AccessLog, RedactCredentials, make_app, server_ssl
+from myca_ops.bridge.app import AccessLog, ConnectionCap, RedactCredentials, make_app, server_ssl
 from myca_ops.bridge.config import BridgeConfig, ConfigError
 
 
@@ -44,17 +47,35 @@ def main(argv: list[str] | None = None) -> int:
         config.upstream,
         config.max_sessions,
     )
-    web.run_app(
+    # uvloop: about half the CPU per relayed message of asyncio's own loop.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run_server(config, ssl_context))
+    return 0
+
+
+async def run_server(config: BridgeConfig, ssl_context) -> None:
+    """aiohttp's server for the app, each connection counted against its client address
+    (ConnectionCap), until SIGTERM or SIGINT; then a graceful shutdown, as web.run_app does."""
+    runner = web.AppRunner(
         make_app(config),
-        host=config.listen_host,
-        port=config.listen_port,
-        ssl_context=ssl_context,
-        print=None,
         access_log_class=AccessLog,
         keepalive_timeout=config.header_timeout_s,  # aiohttp times a new connection from its start
-        loop=uvloop.new_event_loop(),  # about half the CPU per relayed message of asyncio's own loop
     )
-    return 0
+    await runner.setup()
+    loop, stop, open_per_address = asyncio.get_running_loop(), asyncio.Event(), {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(
+        lambda: ConnectionCap(runner.server, open_per_address, config.max_connections_per_address),
+        config.listen_host,
+        config.listen_port,
+        ssl=ssl_context,
+    )
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

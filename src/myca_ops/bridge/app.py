@@ -105,7 +105,6 @@ class BridgeState:
         self.health: tuple[float, int, dict] | None = None
         self.health_lock = asyncio.Lock()
         self.metrics_networks = config.metrics_networks()
-        self.per_address: dict[str, int] = {}  # open requests (websocket sessions included) per client
         self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
         if self.upstream_ssl is True:  # verified against the system's store: a context health checks share
             self.upstream_ssl = ssl.create_default_context()
@@ -489,20 +488,62 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def per_address_cap(request: web.Request, handler):
-    """At most max_connections_per_address open requests (a websocket session is one) per client."""
-    state, limit = request.app[STATE], request.app[CONFIG].max_connections_per_address
-    peer = request.remote or ""
-    if state.per_address.get(peer, 0) >= limit:
-        raise web.HTTPTooManyRequests(text=f"at most {limit} connections per client address\n")
-    state.per_address[peer] = state.per_address.get(peer, 0) + 1
-    try:
-        return await handler(request)
-    finally:
-        state.per_address[peer] -= 1
-        if not state.per_address[peer]:
-            del state.per_address[peer]
+class ConnectionCap(asyncio.Protocol):
+    """One connection to the bridge, counted against its client address in every state (headers
+    pending, keep-alive idle, a websocket): over `limit`, its request is answered 429 and the
+    connection closed before aiohttp sees it.  Everything else goes to aiohttp's handler."""
+
+    REFUSED_WAIT_S = 2.0  # a refused connection that sends no request in this time is aborted
+
+    def __init__(self, make_handler, open_per_address: dict, limit: int) -> None:
+        self.make_handler, self.open, self.limit = make_handler, open_per_address, limit
+        self.handler, self.peer, self.transport, self.key = None, "", None, None  # key: where it is counted
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer, self.transport = (peer[0] if peer else ""), transport
+        if self.open.get(self.peer, 0) < self.limit:
+            self.key = self.peer
+            self.handler = self.make_handler()
+            self.handler.connection_made(transport)
+        elif self.open.get(("refused", self.peer), 0) < self.limit:
+            self.key = ("refused", self.peer)
+            asyncio.get_running_loop().call_later(self.REFUSED_WAIT_S, transport.abort)
+        else:  # a storm of refused connections: no answer, no wait
+            transport.abort()
+            return
+        self.count(+1)
+
+    def count(self, step: int) -> None:
+        self.open[self.key] = self.open.get(self.key, 0) + step
+        if not self.open[self.key]:
+            del self.open[self.key]
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.data_received(data)
+        elif not self.transport.is_closing():  # refused: answered once its request has come
+            body = f"at most {self.limit} connections per client address\n".encode()
+            head = f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            self.transport.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+            self.transport.close()
+
+    def eof_received(self):
+        return self.handler.eof_received() if self.handler is not None else None
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if self.key is not None:
+            self.count(-1)
+        if self.handler is not None:
+            self.handler.connection_lost(exc)
 
 
 class AccessLog(AbstractAccessLogger):
@@ -516,7 +557,7 @@ class AccessLog(AbstractAccessLogger):
 
 
 def make_app(config: BridgeConfig) -> web.Application:
-    app = web.Application(middlewares=[per_address_cap])
+    app = web.Application()
     app[CONFIG] = config
     app[STATE] = state = BridgeState(config)
 

@@ -54,7 +54,7 @@ class BridgeConfig:
     tls_key: str = ""
     # Who sees /metrics and /healthz's details (besides a token holder): networks or host names.
     metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    max_connections_per_address: int = 16  # open requests per client address; more get HTTP 429
+    max_connections_per_address: int = 16  # open connections per client address, in any state; more get 429
     header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
     # A client that has not read for this long (no pong to the bridge's pings, sent 4 times as
     # often) loses its session at once: the connection is aborted, the slot freed.
