@@ -171,6 +171,12 @@ def test_a_page_mints_a_ticket_at_the_bridge_and_talks_once(ticketed):
         "ticket already used: each ticket opens one session",
     )
     assert ticket not in log.read_text() and "ticket=REDACTED" in log.read_text()
+    # A persona name with a dot is one by the server's rule: minted, and bound into the ticket.
+    status, _, body = post(base + "/api/voice/ticket?persona=support.en", SITE)
+    assert (
+        status == 200
+        and jwt.decode(json.loads(body)["ticket"], options={"verify_signature": False})["persona"] == "support.en"
+    )
 
 
 def test_refused_tickets_say_why_browsers_by_close_code_others_by_http_status(ticketed):
