@@ -16,6 +16,7 @@ import pytest
 
 from conftest import raw_websocket
 from myca_ops.bridge.config import BridgeConfig, ConfigError
+from myca_ops.bridge.events import SIGNATURE, signature_problem
 from myca_ops.lab.processes import bridge, echo_upstream
 
 TOKEN = "t" * 24
@@ -364,16 +365,6 @@ def test_the_bridge_adds_its_default_persona_and_passes_callers_prompts_only_whe
     assert prompted == "text_prompt=Say anything&voice_prompt=x.wav&voice=7"  # no persona beside its own prompt
 
 
-def status_of(base: str, head: bytes) -> bytes:
-    """The status line the bridge answers a request of raw header bytes with."""
-    import socket
-
-    host, port = base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(head)
-        return sock.recv(4096).split(b"\r\n")[0]
-
-
 def test_a_persona_outside_the_servers_rule_or_a_malformed_origin_never_reaches_the_upstream(tmp_path, upstream):
     """The server's persona-name rule at the bridge: a path, NUL, CRLF or 5,000 characters get 400
     (a browser a 4400 close naming the rule) before any upstream session; a name with a dot passes.
@@ -397,9 +388,9 @@ def test_a_persona_outside_the_servers_rule_or_a_malformed_origin_never_reaches_
             assert asyncio.run(refused(base, f"?persona={bad}", None)) == (400, ""), bad
         code, reason = asyncio.run(refused(base, "?persona=a%20b", "https://myca.example"))
         assert code == 4400 and reason.startswith("persona must be 1 to 64 letters, digits")
-        assert status_of(base, upgrade + b"Origin: \xff\xfe\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
+        assert raw_request(base, upgrade + b"Origin: \xff\xfe\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
         twice = upgrade + b"Origin: https://myca.example\r\nOrigin: https://evil.example\r\n\r\n"
-        assert status_of(base, twice) == b"HTTP/1.1 400 Bad Request"
+        assert raw_request(base, twice) == b"HTTP/1.1 400 Bad Request"
         assert asyncio.run(query_upstream_sees(base, "")) == ""  # and it serves on
 
 
@@ -642,11 +633,13 @@ def test_a_refused_event_is_dropped_at_once_and_the_next_one_goes_through(tmp_pa
         app = web.Application()
 
         async def record(request):
-            event = await request.json()
+            body = await request.read()
+            event = json.loads(body)
             if event["event"] == "session_start" and not refused:  # the MAS refuses the first event
                 refused.append(event)
                 return web.json_response({"error": "no"}, status=400)
-            received.append((event, request.headers.get("Authorization")))
+            signed = signature_problem("m" * 20, request.headers.get(SIGNATURE, ""), body)
+            received.append((event, signed, "m" * 20 in str(request.headers)))
             return web.json_response({"stored": True})
 
         app.router.add_post("/api/myca/events", record)
@@ -665,8 +658,8 @@ def test_a_refused_event_is_dropped_at_once_and_the_next_one_goes_through(tmp_pa
     with bridge(tmp_path, upstream=upstream, mas_url=mas_url, mas_token="m" * 20) as base:
         asyncio.run(scenario(base))
         _, text = http_get(base + "/metrics")
-    assert [e["event"] for e, _ in received] == ["session_end"]  # not held up by the refused one
-    assert received[0][1] == "Bearer " + "m" * 20
+    assert [e["event"] for e, *_ in received] == ["session_end"]  # not held up by the refused one
+    assert received[0][1:] == (None, False)  # signed with the events token, which it never sends
     assert metric(text, 'myca_bridge_events_dropped_total{reason="refused_400"}') == 1
 
 

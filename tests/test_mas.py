@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from conftest import serve_one_route
+from myca_ops.bridge.events import SIGNATURE, sign
 from myca_ops.lab.processes import free_port, process
 from myca_ops.mas import collectors
 from myca_ops.mas.schema import migrate
@@ -306,9 +307,14 @@ def get(url: str) -> tuple[int, dict]:
 EVENTS_TOKEN = "e" * 32
 
 
-def post(url: str, body, token: str = EVENTS_TOKEN) -> int:
+def post(url: str, body, token: str = EVENTS_TOKEN, now: float | None = None, headers: dict | None = None) -> int:
+    """POST an event signed as the bridge signs it (no signature when `token` is empty)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({SIGNATURE: sign(token, data, now)} if token else {}),
+        **(headers or {}),
+    }
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as resp:
             return resp.status
@@ -334,6 +340,8 @@ def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
         refused = {
             "no token": post(events, forged, token=""),
             "wrong token": post(events, forged, token="x" * 32),
+            "signed 10 minutes ago": post(events, forged, now=time.time() - 600),
+            "the token in clear": post(events, forged, token="", headers={"Authorization": f"Bearer {EVENTS_TOKEN}"}),
             "unknown kind": post(events, {**forged, "event": "x"}),
             "extra key": post(events, {**forged, "admin": True}),
             "400-digit at": post(
@@ -342,10 +350,9 @@ def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
             "8 MiB": declared_only(port, "/api/myca/events", 8 * 2**20),
             "NUL in reason": post(events, {**forged, "reason": "a\u0000b"}),
         }
+        nul_body = json.dumps({**forged, "peer": "\u0000"}).encode()
         nul_answer = urllib.request.Request(
-            events,
-            json.dumps({**forged, "peer": "\u0000"}).encode(),
-            {"Content-Type": "application/json", "Authorization": f"Bearer {EVENTS_TOKEN}"},
+            events, nul_body, {"Content-Type": "application/json", SIGNATURE: sign(EVENTS_TOKEN, nul_body)}
         )
         try:
             urllib.request.urlopen(nul_answer, timeout=10)
@@ -356,6 +363,8 @@ def test_the_api_serves_status_and_stores_bridge_events_once(tmp_path, mas_db):
     assert refused == {
         "no token": 401,
         "wrong token": 401,
+        "signed 10 minutes ago": 401,
+        "the token in clear": 401,
         "unknown kind": 400,
         "extra key": 400,
         "400-digit at": 400,
@@ -373,7 +382,7 @@ def declared_only(port: int, path: str, length: int) -> int:
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {EVENTS_TOKEN}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
         )
         return int(sock.recv(100).split()[1])

@@ -1,6 +1,8 @@
 """Session events to the MAS: a bounded queue drained by one task, so audio never waits.
 
-Events are POSTed as JSON, one at a time and in order, with the MAS's events token.  A 4xx
+Events are POSTed as JSON, one at a time and in order, each signed with the MAS's events token
+(``SIGNATURE``: an HMAC of its time and body, so the token itself never crosses the network and a
+captured event cannot be sent again later or altered).  A 4xx
 answer is permanent (the MAS refuses that event: it is dropped, counted and logged once per
 status); a 5xx or a network error is retried with jittered backoff, but only while the queue
 has room: when it fills up, the event being retried is dropped (counted) so that one event
@@ -11,12 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import random
+import time
 
 import aiohttp
 
 log = logging.getLogger("myca_ops.bridge")
+SIGNATURE = "X-Myca-Signature"  # t=UNIX TIME,v1=hex HMAC-SHA256(token, "TIME." + body)
+SIGNATURE_MAX_AGE_S = 300  # a signed event older (or newer) than this is refused: clocks may differ a little
+
+
+def sign(token: str, body: bytes, now: float | None = None) -> str:
+    stamp = str(int(time.time() if now is None else now))
+    digest = hmac.new(token.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
+
+
+def signature_problem(token: str, header: str, body: bytes, now: float | None = None) -> str | None:
+    """Why `header` does not sign `body` with `token` now; None when it does."""
+    fields = dict(part.partition("=")[::2] for part in header.split(",") if "=" in part)
+    stamp, given = fields.get("t", ""), fields.get("v1", "")
+    if not stamp.isdigit() or not given:
+        return f"no {SIGNATURE} header of the form t=TIME,v1=HMAC"
+    if abs((time.time() if now is None else now) - int(stamp)) > SIGNATURE_MAX_AGE_S:
+        return f"signed at {stamp}, more than {SIGNATURE_MAX_AGE_S} s from the MAS's clock"
+    if not hmac.compare_digest(sign(token, body, int(stamp)).encode(), f"t={stamp},v1={given}".encode()):
+        return "the signature does not match (another mas_events_token, or an altered event)"
+    return None
 
 
 class EventSink:
@@ -27,7 +54,7 @@ class EventSink:
         self.queue: asyncio.Queue[dict] = asyncio.Queue(maxsize)
         self.on_drop = on_drop or (lambda reason: None)
         self.max_backoff_s = max_backoff_s
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
         self._task: asyncio.Task | None = None
         self._refusals_logged: set[int] = set()
 
@@ -51,15 +78,17 @@ class EventSink:
 
     async def _drain(self) -> None:
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 await self._send(session, await self.queue.get())
 
     async def _send(self, session: aiohttp.ClientSession, event: dict) -> None:
         backoff = 0.5
         while True:
+            body = json.dumps(event).encode()
+            headers = {"Content-Type": "application/json", SIGNATURE: sign(self.token, body)}
             try:
-                async with session.post(self.url, json=event) as resp:
+                async with session.post(self.url, data=body, headers=headers) as resp:
                     if resp.status < 300:
                         return
                     if resp.status < 500:

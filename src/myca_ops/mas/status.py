@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import logging
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from myca_ops.bridge.events import SIGNATURE, signature_problem
 from myca_ops.mas.backup import last_backup
 from myca_ops.mas.checks import bridge_health, firing_alerts, moshi_health
 from myca_ops.mas.settings import Settings
@@ -260,21 +260,19 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def events_authorized(request: Request, token: str) -> bool:
-    given = request.headers.get("authorization", "")
-    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
 @router.post("/api/myca/events")
 async def post_event(request: Request) -> JSONResponse:
     """Session events from the bridge, stored once per (session_id, event); 503 makes the bridge retry."""
     stack = stack_of(request.app)
-    if not events_authorized(request, stack.settings.events_token):
-        why = "a valid events token" if stack.settings.events_token else "mas_events_token set on the MAS"
-        return JSONResponse({"error": f"events need {why} (header 'Authorization: Bearer T')"}, 401)
+    token = stack.settings.events_token
+    if not token:
+        return JSONResponse({"error": "events need mas_events_token set on the MAS"}, 401)
     raw = await read_limited(request, EVENTS_MAX_BYTES)
     if raw is None:
         return JSONResponse({"error": f"an event is at most {EVENTS_MAX_BYTES} bytes"}, 413)
+    problem = signature_problem(token, request.headers.get(SIGNATURE, ""), raw)
+    if problem:
+        return JSONResponse({"error": f"events are signed with the events token: {problem}"}, 401)
     try:
         event = BridgeEvent.model_validate_json(raw)
     except ValidationError as exc:
