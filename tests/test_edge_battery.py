@@ -35,8 +35,9 @@ SETTINGS = {
     "write_stall_s": 1,  # nothing read for 1 s: aborted
     "max_frames_per_s": 200,
     "header_timeout_s": 2,
-    "max_connections_per_address": 2000,  # every attacker here shares 127.0.0.1 with the real caller
-}
+    "max_connections_per_address": 16,  # the production default: the real caller is 127.0.0.1, the many-connection
+}  # attackers 127.0.0.3 (HalfOpen, KeepAlive) or 200 addresses of their own (Refusals)
+ATTACKER = "127.0.0.3"
 
 
 async def handshake_ms(base: str, within_s: float = 1.0) -> float | None:
@@ -294,23 +295,64 @@ class HalfOpen(Attack):
         host, port = self.base.removeprefix("http://").split(":")
         socks = []
         for _ in range(1000):
-            s = socket.create_connection((host, int(port)))
-            s.sendall(b"GET /api/chat HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+            s = socket.create_connection((host, int(port)), source_address=(ATTACKER, 0))
+            with contextlib.suppress(ConnectionError):  # refused over the address's cap
+                s.sendall(b"GET /api/chat HTTP/1.1\r\nHost: x\r\n")  # never the blank line
             socks.append(s)
         self.stop.wait()
         time.sleep(max(0.0, 3 - self.settle_s))  # past the header timeout (2 s)
-        closed = 0
+        closed = told = 0
         for s in socks:
             s.settimeout(0.01)
             with contextlib.suppress(TimeoutError, BlockingIOError):
-                closed += s.recv(1) == b""
+                try:
+                    answer = s.recv(64)
+                    closed += answer == b""
+                    told += answer.startswith(b"HTTP/1.1 429")  # over the address's cap: told, then closed
+                except ConnectionError:
+                    closed += 1
             s.close()
-        self.seen = f"1,000 connections that never finish their headers: {closed} closed by the server"
+        self.seen = (
+            f"1,000 connections from {ATTACKER} that never finish their headers: {closed + told} closed by the "
+            f"server ({told} told 429 first)"
+        )
+
+
+class KeepAlive(Attack):
+    """300 keep-alive connections from one address, each asking for /healthz every 2 s and kept
+    open between requests (the attacker never closes)."""
+
+    settle_s = 1.0
+
+    def run(self) -> None:
+        host, port = self.base.removeprefix("http://").split(":")
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+        answers: dict[bytes, int] = {}
+        socks = []
+        while not self.stop.is_set():
+            socks = [s for s in socks if s.fileno() >= 0]
+            while len(socks) < 300:
+                socks.append(socket.create_connection((host, int(port)), timeout=2, source_address=(ATTACKER, 0)))
+            for s in socks:
+                try:
+                    s.sendall(request)
+                    status = s.recv(4096).split(b"\r\n")[0] or b"closed"
+                except OSError:
+                    status = b"reset"
+                answers[status] = answers.get(status, 0) + 1
+                if status != b"HTTP/1.1 200 OK":
+                    s.close()
+            self.seen = (
+                f"300 keep-alive connections from {ATTACKER}, /healthz every 2 s: {dict(sorted(answers.items()))}"
+            )
+            self.stop.wait(2)
+        for s in socks:
+            s.close()
 
 
 class Refusals(Attack):
-    """A caller holds the only slot (an empty audio page every 0.5 s, everything read) while 2,000
-    upgrades from 50 addresses in 127.0.0.0/8 are refused, their sockets left open; the holder
+    """A caller holds the only slot (an audio page every 0.5 s, everything read) while 2,000
+    upgrades from 200 addresses in 127.0.0.0/8 are refused, their sockets left open; the holder
     leaves before the real caller calls."""
 
     until_seen = True
@@ -321,14 +363,14 @@ class Refusals(Attack):
         writers = []
 
         async def refused(i: int) -> None:
-            code, writer = await refused_upgrade(host, int(port), f"127.0.{i % 50}.2")
+            code, writer = await refused_upgrade(host, int(port), f"127.0.{i % 200}.2")
             codes[code] = codes.get(code, 0) + 1
             writers.append(writer)  # never closed until the battery is done
 
         async with holding_the_slot(chat_url(self.base)):
             for batch in range(40):
                 await asyncio.gather(*(refused(batch * 50 + i) for i in range(50)))
-        self.seen = f"2,000 upgrades from 50 addresses while the slot was held: close codes {codes}"
+        self.seen = f"2,000 upgrades from 200 addresses while the slot was held: close codes {codes}"
         while not self.stop.is_set():
             await asyncio.sleep(0.1)
         for writer in writers:
@@ -340,17 +382,18 @@ class Refusals(Attack):
 
 
 def healthz_burst(base: str) -> str:
+    """50 concurrent /healthz, from 50 addresses (a monitor's checks, not one client over its cap)."""
+
     async def burst():
-        async with aiohttp.ClientSession() as http:
+        async def one(i: int):
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.1.{i + 1}", 0))
+            async with aiohttp.ClientSession(connector=connector) as http, http.get(base + "/healthz") as resp:
+                return resp.status
 
-            async def one():
-                async with http.get(base + "/healthz") as resp:
-                    return resp.status
-
-            return await asyncio.gather(*(one() for _ in range(50)))
+        return await asyncio.gather(*(one(i) for i in range(50)))
 
     statuses = asyncio.run(burst())
-    return f"50 concurrent /healthz: {statuses.count(200)} answered 200"
+    return f"50 concurrent /healthz from 50 addresses: {statuses.count(200)} answered 200"
 
 
 def reconnects(base: str) -> str:
@@ -364,7 +407,7 @@ def reconnects(base: str) -> str:
     return f"200 callers, each hanging up right after the handshake: {asyncio.run(storm())} told busy"
 
 
-ATTACKS = [StopReading, ForgedPongs, PingFlood, KindByte, Junk, TinyFlood, HugeFrame, HalfOpen, Refusals]
+ATTACKS = [StopReading, ForgedPongs, PingFlood, KindByte, Junk, TinyFlood, HugeFrame, HalfOpen, KeepAlive, Refusals]
 QUICK = [healthz_burst, reconnects]  # over before the probe: probed after
 
 
@@ -398,7 +441,8 @@ def battery(base: str, pid: int, what: str) -> list[tuple]:
     assert "idle: no audio" in seen["Junk"]
     assert "from the server" in seen["TinyFlood"]
     assert seen["HugeFrame"].endswith(("closed with 1009", "connection reset"))
-    assert seen["HalfOpen"].endswith("1000 closed by the server")
+    assert "headers: 1000 closed by the server" in seen["HalfOpen"]
+    assert "HTTP/1.1 200 OK" in seen["KeepAlive"]
     assert seen["Refusals"].endswith("close codes {1013: 2000}")
     assert seen["healthz_burst"].endswith("50 answered 200")
     assert seen["reconnects"].endswith(": 0 told busy")
