@@ -567,5 +567,5 @@ def test_a_callers_own_prompt_is_refused_where_client_prompts_are_off(strict):
 
     msg = asyncio.run(call())
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
-    assert msg.extra == "client prompts are off on this server; ask for a persona (?persona=NAME; personas: none)"
+    assert msg.extra == "client prompts are off on this server; ask for a persona (?persona=NAME)"
     assert health(base)[1]["slots_used"] == 0
