@@ -216,3 +216,12 @@ def test_the_preflight_knows_whether_the_serving_torch_runs_on_the_gpu(gpu, capa
         sm = "sm_" + capability.replace(".", "")
         assert got.reason.startswith(f"{gpu} is {sm}; torch 2.4.1 (CUDA 12.1) has kernels for ")
         assert f"install a torch built for {sm}" in got.reason
+
+
+def test_a_service_on_a_gpu_its_torch_cannot_run_stops_at_start_naming_the_build():
+    """In a container the role has no venv to check: the service probes at start (auto) and must
+    stop there with the reason, not start in compile+graphs and fail at the first kernel."""
+    facts = {**LINUX, "torch_version": "2.4.1", "torch_cuda_version": "12.1", "torch_arch_list": TORCH_241}
+    facts["torch_devices"] = [{"name": "NVIDIA GeForce RTX 5090", "capability": "12.0"}]
+    with pytest.raises(ValueError, match="RTX 5090 is sm_120; .*install a torch built for sm_120"):
+        model.decide_from_env(model.auto_env({}, facts))

@@ -317,6 +317,7 @@ class SharedGenerator:
         import threading
 
         self.connections, self.personas, self.ready = 0, [], threading.Event()
+        self.released = threading.Event()  # set by the test: the first caller's prompt may end
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
         assert self.ready.wait(10)
@@ -332,7 +333,11 @@ class SharedGenerator:
             ws = web.WebSocketResponse()
             await ws.prepare(request)
             async with lock:
-                await asyncio.sleep(1.0)  # the prompt's steps
+                # The prompt's steps last until a second connection comes or the test releases it,
+                # so a slow machine changes no outcome.
+                deadline = time.monotonic() + 20
+                while self.connections < 2 and not self.released.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
                 self.personas.append(self.prompt)
                 await ws.send_bytes(b"\x00")
                 await ws.close()
@@ -392,10 +397,13 @@ def test_the_roles_wait_on_nvidias_own_server_leaves_a_callers_persona_alone(tmp
             target=asyncio.run, args=(caller(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=caller"),)
         )
         talking.start()
-        while not server.connections:
+        deadline = time.monotonic() + 15
+        while not server.connections and time.monotonic() < deadline:
             time.sleep(0.01)
-        waited = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        talking.join(15)
+        assert server.connections == 1, "the caller did not reach the stand-in server"
+        waited = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        server.released.set()
+        talking.join(30)
         assert waited.returncode == 0, waited.stderr
         if keeps:
             assert "no session opened" in waited.stdout

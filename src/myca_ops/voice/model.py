@@ -242,6 +242,8 @@ def decide(device: str, recommended: Recommendation, force_graphs_off: bool, for
     if not device.startswith("cuda"):
         reason = f"device {device}: CUDA graphs and Triton kernels need a CUDA device"
         return Decision("cpu", reason, "no_cuda", {"NO_TORCH_COMPILE": "1"})
+    if recommended.limit == "gpu_unsupported":  # its reason names the torch build to install
+        raise ValueError(recommended.reason)
     if recommended.mode not in MODES:
         raise ValueError(f"unknown recommended mode {recommended.mode!r}; expected one of {', '.join(MODES)}")
     if recommended.mode == "cpu":
