@@ -215,7 +215,6 @@ async def probe(
     origin: str | None = None,
 ) -> dict:
     import aiohttp
-    import sphn
 
     result: dict = {"url": url, "seconds": seconds, "error": None}
     start, connect_at = time.perf_counter(), time.time()
@@ -223,6 +222,8 @@ async def probe(
         async with chat_session(url, connect_timeout, cafile, verify_tls, token, ticket, origin) as ws:
             result["handshake_ms"] = result["waited_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if not handshake_only:
+                import sphn  # the audio codec: a handshake-only wait needs none
+
                 result.update(await _stream(ws, sphn, seconds, drain_s, timing_only))
     except Refused as exc:
         waited = round((time.perf_counter() - start) * 1000, 1)  # a queue's time included
