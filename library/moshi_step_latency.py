@@ -20,10 +20,16 @@ description:
   - The slot count is the service's C(moshi_slots); with 0 on a GPU, the running service's own count from its
     /healthz, else counted from free memory as the service counts it; 1 for O(source=service_log) and for
     moshi.server (C(moshi_server=upstream)), which serves one conversation.
-  - It runs in a process of its own beside the service, not inside it. What an operator gives up. Beside a
-    service that is serving, the two share the device and the figures are pessimistic; on a GPU the
-    measurement needs memory for a second copy of the model and its slots, or O(stop_service=true), which
-    takes the service down for the measurement (a model load and the ticks).
+  - With O(source=server) the running batched server measures itself (its C(POST /api/measure), asked from
+    the host itself) - its served engine, every free slot talking speech-like audio beside its callers, none
+    cut (a caller who comes takes a measuring slot) - so no second copy of the model is loaded and a GPU the
+    service fills (a 24 GB card) is measured too; the verdict says how many callers talked beside it. While
+    another measurement runs, the live tick figures of its /healthz. The moshi role's verify uses it for the
+    batched server.
+  - With O(source=measure) it runs in a process of its own beside the service, not inside it. What an
+    operator gives up. Beside a service that is serving, the two share the device and the figures are
+    pessimistic; on a GPU the measurement needs memory for a second copy of the model and its slots, or
+    O(stop_service=true), which takes the service down for the measurement (a model load and the ticks).
   - With O(mode=compare) it also measures eager (the slow mode), graphs only and graphs with
     torch.compile, each in its own process, at the service's slot count.
   - With O(source=service_log) it reads moshi.server's own frame times from its journal instead,
@@ -38,12 +44,13 @@ options:
     type: path
     default: /etc/moshi/moshi.env
   source:
-    description: Measure a model load (V(measure)), or read the service log (V(service_log)).
+    description: Ask the running batched server (V(server)), measure a second copy (V(measure)), or read
+      moshi.server's log (V(service_log)).
     type: str
-    choices: [measure, service_log]
+    choices: [server, measure, service_log]
     default: measure
   mode:
-    description: The service's own mode (V(service)), or all three modes (V(compare)).
+    description: The service's own mode (V(service)), or all three modes (V(compare), with O(source=measure)).
     type: str
     choices: [service, compare]
     default: service
@@ -78,7 +85,8 @@ options:
 attributes:
   check_mode:
     support: partial
-    details: Measures in check mode (a read); with O(stop_service=true) it only says it would stop the unit.
+    details: In check mode O(source=server) and O(source=service_log) measure (a read); O(source=measure) loads
+      nothing and is skipped, and so is every source where the venv is not there yet (a fresh host).
   diff_mode:
     support: none
 notes:
@@ -89,12 +97,16 @@ notes:
     and are for a service that runs as one.
   - On CPU the honest count for the lab's two slots is 1 or 0; a verdict always comes from the measurement
     of the deployed model, never from whether a GPU is present.
+  - O(source=server) measures at the service's own slot count only (its ticks step every slot); when they
+    do not fit, the cause says to lower C(moshi_slots), and O(source=measure) with O(stop_service=true)
+    searches the count that fits.
 author: myca-ops
 """
 
 EXAMPLES = r"""
-- name: Measure the service's capacity and fail when its configured slots do not fit
+- name: Ask the running batched server to time its own ticks and fail when its slots do not fit
   moshi_step_latency:
+    source: server
     require_realtime: true
   register: step
 
@@ -121,7 +133,7 @@ slots:
   type: int
   sample: 2
 slots_source:
-  description: Where that count comes from (moshi_slots, the running service's /healthz, free memory).
+  description: Where that count comes from (moshi_slots, the running service, its /healthz, free memory).
   returned: success
   type: str
   sample: moshi_slots
@@ -152,6 +164,11 @@ device:
   returned: success
   type: str
   sample: cuda
+callers:
+  description: With O(source=server), the most callers that talked beside the measurement.
+  returned: O(source=server)
+  type: int
+  sample: 3
 dtype:
   description: The LM's dtype, the service's (bfloat16 or float16 on a GPU, float32 on CPU).
   returned: O(source=measure)
@@ -169,7 +186,7 @@ load_s:
   sample: 12.4
 gpu_name:
   description: The GPU's name, null on CPU.
-  returned: O(source=measure)
+  returned: O(source=measure) or O(source=server)
   type: str
   sample: NVIDIA H100 80GB HBM3
 gpu_state:
@@ -177,7 +194,7 @@ gpu_state:
     Each GPU's peaks while the ticks were measured, read through NVML every 0.5 s (busy ratio, memory used and in
     all, temperature, power), and every reason its clocks were held down (C(hw_thermal), C(sw_power_cap)...);
     null where NVML reads no GPU (a CPU host). A throttled GPU explains slow ticks that the model does not.
-  returned: O(source=measure)
+  returned: O(source=measure) or O(source=server)
   type: list
   elements: dict
   sample:
@@ -191,8 +208,8 @@ gpu_state:
       power_max_w: 612.5
       throttled: []
 torch_version:
-  description: torch in the venv.
-  returned: O(source=measure)
+  description: torch in the venv (the served engine's, with O(source=server)).
+  returned: O(source=measure) or O(source=server)
   type: str
   sample: 2.9.1+cu128
 triton_version:
@@ -248,7 +265,7 @@ results:
       - 30.8
       - 35.1
     slot_mib:
-      description: GPU memory per slot (KV caches, codec state) in MiB; null on CPU.
+      description: Memory per slot (KV caches, codec state) in MiB; with O(source=measure), GPU memory, null on CPU.
       type: float
       sample: 310.5
     realtime_factor:
@@ -270,7 +287,7 @@ def main():
         argument_spec=dict(
             python=dict(type="path", default="/opt/moshi/venv/bin/python"),
             env_file=dict(type="path", default="/etc/moshi/moshi.env"),
-            source=dict(type="str", choices=["measure", "service_log"], default="measure"),
+            source=dict(type="str", choices=["server", "measure", "service_log"], default="measure"),
             mode=dict(type="str", choices=["service", "compare"], default="service"),
             frames=dict(type="int", default=100),
             warmup=dict(type="int", default=10),
@@ -285,15 +302,19 @@ def main():
     p = module.params
     if p["frames"] < 1 or p["warmup"] < 0:
         module.fail_json(msg="frames must be at least 1 and warmup at least 0")
+    if p["mode"] == "compare" and p["source"] != "measure":
+        module.fail_json(msg="mode=compare loads each mode in a process of its own: use source=measure")
+    if module.check_mode and p["source"] == "measure":
+        module.exit_json(changed=False, skipped=True, msg="check mode: measuring a second copy loads the model")
     args = ["-m", "myca_ops.voice.latency", "--env-file", p["env_file"]]
-    if p["source"] == "service_log":
+    if p["source"] == "server":
+        args += ["--served", "--frames", str(p["frames"]), "--warmup", str(p["warmup"]), "--timeout", str(p["timeout"])]
+    elif p["source"] == "service_log":
         args += ["--service-log", p["since"], "--unit", p["unit"]]
     else:
         args += ["--frames", str(p["frames"]), "--warmup", str(p["warmup"])]
         args += ["--compare"] if p["mode"] == "compare" else []
     stopping = p["stop_service"] and p["source"] == "measure"
-    if stopping and module.check_mode:
-        module.exit_json(changed=False, skipped=True, msg="check mode: would stop %s to measure" % p["unit"])
     if stopping:
         module.run_command(["systemctl", "stop", p["unit"]], check_rc=True)
     try:

@@ -10,6 +10,8 @@ import os
 def run_json(module, python: str, args: list, timeout: int, env: dict | None = None) -> dict:
     """A service in a container: the module itself runs there (the docker_api connection)."""
     if not os.path.exists(python):
+        if module.check_mode:  # a fresh host: the run this check previews makes the venv
+            module.exit_json(changed=False, skipped=True, msg="check mode: %s is not there yet" % python)
         module.fail_json(msg="%s does not exist: converge the role that installs this venv first" % python)
     rc, out, err = module.run_command(["timeout", str(timeout), python, *args], environ_update=env or {})
     result = None

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import module_doc, undocumented
 from myca_ops.envfile import read_env_file
+from myca_ops.lab.processes import free_port
 from myca_ops.voice import latency, model
 
 SERVICE_LOG = (
@@ -158,6 +159,27 @@ def test_step_latency_module_rejects_bad_arguments(run_module):
 def test_step_latency_module_reports_a_missing_venv(run_module, tmp_path):
     result = run_module("moshi_step_latency", {"python": str(tmp_path / "venv/bin/python")})
     assert result["failed"] and "converge the role that installs this venv first" in result["msg"]
+
+
+def test_step_latency_module_in_check_mode_loads_nothing(run_module, tmp_path):
+    """deploy --check: a second copy is never loaded, and a host without the venv yet (a fresh one) is
+    skipped with the reason, not failed."""
+    fresh = run_module(
+        "moshi_step_latency", {"python": str(tmp_path / "venv/bin/python"), "source": "server"}, check=True
+    )
+    assert fresh.get("failed") is not True and fresh["skipped"] and "is not there yet" in fresh["msg"]
+    second_copy = run_module("moshi_step_latency", {"python": sys.executable, "source": "measure"}, check=True)
+    assert second_copy["skipped"] and "loads the model" in second_copy["msg"]
+
+
+def test_step_latency_module_asks_a_server_that_is_down_to_be_started(run_module, tmp_path):
+    env = tmp_path / "moshi.env"
+    env.write_text(f"MYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_RECOMMENDED_MODE=cpu\nMYCA_MOSHI_PORT={free_port()}\n")
+    result = run_module("moshi_step_latency", {"python": sys.executable, "env_file": str(env), "source": "server"})
+    assert result["failed"] and "the service does not answer at http://127.0.0.1:" in result["msg"]
+    assert "start it" in result["msg"]
+    compare = run_module("moshi_step_latency", {"source": "server", "mode": "compare"})
+    assert compare["failed"] and "use source=measure" in compare["msg"]
 
 
 def test_step_latency_module_names_missing_weights(run_module, tmp_path):

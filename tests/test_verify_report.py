@@ -142,6 +142,19 @@ def test_a_host_that_must_be_real_time_fails_with_its_causes_and_a_down_mas_with
     assert verify_report.failures(verify_report.build(RAW)) == []
 
 
+def test_a_check_run_on_a_fresh_host_is_reported_not_measured_and_does_not_fail():
+    """deploy --check on a host the run has not deployed: the modules skip (no venv yet); the rows say
+    why, and no verdict fails on a measurement that was not made."""
+    why = "check mode: /opt/moshi/venv/bin/python is not there yet"
+    fresh = {"host": "gpu-a", "step": {"skipped": True, "msg": why}, "voice": {"skipped": True, "msg": why}}
+    bridge = {**BRIDGE_RAW, "voice": {"skipped": True, "msg": why}}
+    doc = verify_report.build({"gpu_hosts": [fresh], "bridge_hosts": [bridge], "mas_hosts": []})
+    assert [doc["gpu_hosts"][0]["skipped"], doc["bridge_hosts"][0]["skipped"]] == [why, why]
+    assert doc["gpu_hosts"][0]["step_cause"] == why and verify_report.failures(doc) == []
+    measured_late = {**GPU_RAW, "require_realtime": True, "step": {**GPU_RAW["step"], "realtime": False}}
+    assert len(verify_report.failures(verify_report.build({**RAW, "gpu_hosts": [measured_late]}))) == 1
+
+
 def test_an_upstream_server_without_healthz_has_no_ticks_in_the_table():
     doc = verify_report.build({"gpu_hosts": [{**GPU_RAW, "server": "upstream", "health": {}}]})
     line = next(li for li in verify_report.text(doc).splitlines() if li.startswith("gpu-a        upstream"))

@@ -399,6 +399,56 @@ def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched
     assert "refused" in text and text.count("\n") == len(callers) + 2
 
 
+def test_verify_measures_the_served_engine_beside_a_caller_who_is_not_cut(batched, solo_answers, run_module, tmp_path):
+    """moshi_step_latency with source server (the role's verify for the batched server): the running
+    server times its own ticks with its free slot talking while a caller talks in the other; no
+    second model is loaded, the caller hears exactly what they hear alone, and the verdict says it
+    measured beside one caller.  A second measurement meanwhile is refused (409)."""
+    from conftest import module_doc, undocumented
+
+    base, _ = batched
+    env = tmp_path / "moshi.env"
+    env.write_text(f"MYCA_MOSHI_DEVICE=cpu\nMYCA_MOSHI_RECOMMENDED_MODE=cpu\nMYCA_MOSHI_PORT={base.split(':')[1]}\n")
+    args = {"python": sys.executable, "env_file": str(env), "source": "server", "frames": 60, "warmup": 2}
+    refused = {}
+
+    async def scenario():
+        caller = asyncio.create_task(converse(base, SPEECH))
+        while health(base)[1].get("slots_used") != 1:
+            await asyncio.sleep(0.05)
+        measuring = asyncio.create_task(asyncio.to_thread(run_module, "moshi_step_latency", args))
+        while not measuring.done():  # a second measurement, asked while the first runs, is refused
+            if not health(base)[1].get("measuring"):
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"http://{base}/api/measure?ticks=1", method="POST"))
+            except urllib.error.HTTPError as exc:
+                refused[exc.code] = json.load(exc)["error"]
+                break
+            await asyncio.sleep(0.05)
+        return await caller, await measuring
+
+    heard, result = asyncio.run(scenario())
+    assert result.get("failed") is not True, result
+    assert heard == solo_answers["speech"]  # not cut, not disturbed: the same answers as alone
+    row = result["results"][0]
+    assert (result["slots"], result["slots_source"], result["callers"]) == (SLOTS, "the running service", 1)
+    assert row["stages"]["total"]["count"] == 60 and len(row["samples_ms"]) == 60 and row["slot_mib"] > 0
+    assert result["realtime"] is (row["stages"]["total"]["p99"] <= 80.0)
+    assert result["capacity"] == (SLOTS if result["realtime"] else 0)
+    assert f"at {SLOTS} slots, budget 80 ms" in result["cause"] and "beside 1 caller" in result["cause"]
+    assert refused == {409: "another measurement is running: ask again when it ends"}
+    assert "load_s" not in result  # nothing was loaded
+    returns = module_doc("moshi_step_latency")["return"]
+    always = {key for key, doc in returns.items() if doc["returned"] == "success"}
+    assert always <= set(result) and undocumented("moshi_step_latency", result) == []
+    # The slots the measurement talked in are free again, and /healthz says what a slot holds.
+    status, body = health(base)
+    assert status == 200 and (body["slots_used"], body["measuring"]) == (0, False)
+    assert round(body["slot_bytes"] / 2**20, 1) == row["slot_mib"] > 0
+
+
 # --- The session rules, for callers that reach the server directly (myca_ops.sessions) ----------
 STALL_S, IDLE_S, SESSION_S, FRAMES_PER_S = 1.5, 2.0, 8.0, 100
 

@@ -59,7 +59,7 @@ def gpu_row(raw: dict) -> dict:
         "capacity": step.get("capacity"),
         "slot_mib": (step.get("results") or [{}])[0].get("slot_mib"),
         "step_realtime": bool(step.get("realtime")),
-        "step_cause": step.get("cause"),
+        "step_cause": step.get("cause") or step.get("msg"),
         "first_audio_ms": voice.get("first_audio_ms"),
         "underruns": voice.get("underruns") or 0,
         "voice_realtime": voice.get("realtime"),
@@ -75,6 +75,7 @@ def gpu_row(raw: dict) -> dict:
         "health_status": health.get("status", "no /healthz (moshi.server)"),
         "realtime": bool(step.get("realtime")) and voice.get("realtime") is not False,
         "require_realtime": bool(raw.get("require_realtime", True)),
+        "skipped": skipped(step, voice),
         "torch": step.get("torch_version"),
         "triton": step.get("triton_version"),
         "driver": raw.get("driver"),
@@ -99,9 +100,15 @@ def bridge_row(raw: dict) -> dict:
         "realtime": voice.get("realtime") is True,
         "cause": voice.get("cause"),
         "require_realtime": bool(raw.get("require_realtime", True)),
+        "skipped": skipped(voice),
         "arrival_s": voice.get("arrival_s") or [],
         "underrun_s": voice.get("underrun_s") or [],
     }
+
+
+def skipped(*results: dict) -> str | None:
+    """Why a measurement was not made (check mode on a host the run has not deployed yet), or None."""
+    return next((r.get("msg") or "skipped" for r in results if r.get("skipped")), None)
 
 
 def mas_row(raw: dict) -> dict:
@@ -141,7 +148,7 @@ def failures(doc: dict) -> list[str]:
     out = [
         f"{r['host']} is not real-time: {r.get('step_cause') or ''}; voice: {r.get('voice_cause') or r.get('cause')}"
         for r in doc["gpu_hosts"] + doc["bridge_hosts"]
-        if r["require_realtime"] and not r["realtime"]
+        if r["require_realtime"] and not r["realtime"] and not r.get("skipped")
     ]
     out += [
         f"{r['host']}: /api/myca/status is down: database: {r['database_error']}"

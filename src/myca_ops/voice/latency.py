@@ -9,12 +9,16 @@ warms it up as the server does, and times ticks with every slot talking (the wor
 stage (CUDA events on a GPU, perf_counter on CPU).  Then one slot alone (a single session), and,
 when the configured slots do not fit, fewer, until the largest count that fits is found.
 
-It runs in a process of its own beside the service: a second copy of the model and its slots,
-so on a GPU it needs that memory free (else the module's ``stop_service``).  Beside a busy
-service the two share the device, and the figures are pessimistic.  moshi reads
-``NO_TORCH_COMPILE`` at import, so each mode is measured in its own process:
+The batched server measures itself (``--served``, :func:`from_server`: its ``POST /api/measure``
+times the served engine's ticks with every free slot talking beside its callers): no second copy
+of the model, so it runs on a GPU the service fills (a 24 GB card), and nothing loads.  Otherwise
+it runs in a process of its own beside the service: a second copy of the model and its slots, so
+on a GPU it needs that memory free (else the module's ``stop_service``); moshi.server
+(``moshi_server: upstream``) and ``--compare`` are measured so.  moshi reads ``NO_TORCH_COMPILE`` at
+import, so each mode is measured in its own process:
 
-    python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env            # the service's mode
+    python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env --served   # the running batched server
+    python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env            # a second copy, the service's mode
     python -m myca_ops.voice.latency --env-file /etc/moshi/moshi.env --compare  # and eager, graphs, compile+graphs
     python -m myca_ops.voice.latency --random full --device cuda --slots 64     # the 7B shapes, random weights
 """
@@ -25,9 +29,12 @@ import argparse
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
@@ -127,8 +134,12 @@ def verdict(
         )
     if capacity:
         fit = f"{capacity} fit (tick p99 {at[capacity]:.1f} ms): set moshi_slots: {capacity}"
-    else:
+    elif 1 in at:
         fit = f"not even one fits (tick p99 {at[1]:.1f} ms at 1 slot)"
+    else:  # the served engine, measured at its own slot count only
+        fit = (
+            "fewer slots tick faster: lower moshi_slots and verify again (stop_service: true finds the count that fits)"
+        )
     said = f"carries {capacity} of {slots} conversations in real time ({figures}); {fit}"
     if not device.startswith("cuda"):
         return False, f"no CUDA device (CPU): {said}"
@@ -220,6 +231,89 @@ def measure(
     }
 
 
+def from_server(env: dict[str, str], ticks: int, warmup: int, timeout: float) -> dict:
+    """The running batched server's own measurement (``POST /api/measure``): its served engine,
+    every free slot talking beside its callers, no second copy of the model.  While another
+    measurement runs, the live tick figures of its ``/healthz`` (the last minute's callers)."""
+    from myca_ops.voice import health
+
+    base = health.service_url(env)
+    decision = model.decide_from_env(env)
+    # The service's own certificate, on loopback: nothing to verify it against here.
+    context = ssl._create_unverified_context() if base.startswith("https") else None
+    asked = urllib.request.Request(f"{base}/api/measure?ticks={ticks}&warmup={warmup}", data=b"", method="POST")
+    print(f"[latency] the service at {base} times {ticks} of its own ticks", file=sys.stderr, flush=True)
+    with gpu_health.Sampler() as gpu_state:
+        try:
+            with urllib.request.urlopen(asked, timeout=timeout, context=context) as reply:
+                served = json.loads(reply.read(health.MAX_BODY_BYTES * 16))
+        except urllib.error.HTTPError as exc:
+            said = exc.read(health.MAX_BODY_BYTES).decode(errors="replace")
+            if exc.code == 404:
+                said = "not the batched server (moshi.server measures with a second copy: source measure)"
+            if exc.code != 409:
+                raise ValueError(f"{base}/api/measure answered {exc.code}: {said[:300]}") from None
+            served = live_figures(health.check(base, context=context))
+        except OSError as exc:
+            raise ValueError(
+                f"the service does not answer at {base} ({getattr(exc, 'reason', exc)}): "
+                "start it (systemctl status moshi, or the container's log) and verify again"
+            ) from None
+    slots, callers = served["slots"], served["callers"]
+    row = {
+        "slots": slots,
+        "mode": served["mode"],
+        "label": f"{served['mode']}, {slots} slot{'s' if slots > 1 else ''} served",
+        "stages": served["stages"],
+        "samples_ms": served["samples_ms"],
+        "slot_mib": None if served.get("slot_bytes") is None else round(served["slot_bytes"] / 2**20, 1),
+        "realtime": served["realtime"],
+        "realtime_factor": round(served["stages"]["total"]["p99"] / FRAME_BUDGET_MS, 3),
+    }
+    realtime, cause = verdict(slots if served["realtime"] else 0, [row], decision, served["device"], served["gpu_name"])
+    said = (
+        served.get("source") or f"measured by the service itself beside {callers} caller{'' if callers == 1 else 's'}"
+    )
+    return {
+        "budget_ms": FRAME_BUDGET_MS,
+        "mode": served["mode"],
+        "mode_reason": decision.reason,
+        "mode_limit": decision.limit,
+        "device": served["device"],
+        "slots": slots,
+        "slots_source": "the running service",
+        "capacity": slots if realtime else 0,
+        "realtime": realtime,
+        "cause": f"{cause}; {said}",
+        "callers": callers,
+        "gpu_name": served["gpu_name"],
+        "gpu_state": gpu_state.summary(),
+        "torch_version": served["torch"],
+        "results": [row],
+    }
+
+
+def live_figures(served: dict) -> dict:
+    """A measurement's figures from a batched server's /healthz: its callers' ticks of the last minute."""
+    tick = served.get("tick_ms") or {}
+    if not tick.get("count"):
+        raise ValueError(
+            f"{served['url']}: another measurement is running and no caller talked in the last minute: verify again later"
+        )
+    total = {"count": tick["count"], "p50": tick["p50"], "p95": None, "p99": tick["p99"], "max": None}
+    return {
+        **served,
+        "slots": served["slots_total"],
+        "callers": served["slots_used"],
+        "stages": {"total": total},
+        "samples_ms": [],
+        "realtime": tick["p99"] <= served["budget_ms"],
+        "gpu_name": None,
+        "torch": None,
+        "source": f"another measurement was running: its callers' ticks of the last {tick['window_s']:.0f} s (/healthz)",
+    }
+
+
 def _triton_version() -> str | None:
     try:
         import triton
@@ -303,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         help="no model load: moshi.server's own frame times from its journal since SINCE ('-15min')",
     )
     parser.add_argument("--unit", default="moshi", help="systemd unit for --service-log")
+    parser.add_argument(
+        "--served", action="store_true", help="no model load: the running batched server measures itself"
+    )
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -314,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.service_log:
             print(json.dumps(from_service_log(env, args.unit, args.service_log)))
+            return 0
+        if args.served:
+            print(json.dumps(from_server(env, args.frames, args.warmup, args.timeout)))
             return 0
         if args.one_mode:  # the child: moshi's switches are already in the environment
             print(json.dumps(measure(env, args.one_mode, args.frames, args.warmup, args.random, args.slots)))

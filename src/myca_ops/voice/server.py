@@ -27,11 +27,16 @@ Ogg/Opus pages as kind 1 both ways, text pieces as kind 2.  What differs:
 - ``GET /healthz`` answers without a session (:mod:`myca_ops.voice.health` is its contract): 503
   while loading, then 200 with ``status`` ready, full (every slot taken: healthy, but no room), or
   over budget (the ticks of the last minute ran over 80 ms); ``GET /metrics`` is Prometheus text.
+- ``POST /api/measure?ticks=N``, from this host only (verify's ``moshi_step_latency``): the served
+  engine times its own ticks with every free slot talking speech-like audio beside the callers
+  (:class:`Measurement`): the capacity verdict with no second copy of the model.  A caller who
+  comes meanwhile takes a measuring slot at once; 409 while another measurement runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -50,17 +55,18 @@ from myca_ops.sessions import Liveness, Rules, close, end, is_audio, watch
 from myca_ops.version import installed
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
-from myca_ops.voice.engine import SlotEngine, SlotState
+from myca_ops.voice.engine import STAGES, SlotEngine, SlotState
 from myca_ops.voice.gpu import GpuCollector, Gpus
 from myca_ops.voice.persona import NAME as persona_name
 from myca_ops.voice.persona import NAME_RULE, Persona, Prompt, Prompts, check_voice_name, parse
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
-from myca_ops.voice.stats import percentile
+from myca_ops.voice.stats import percentile, summary
 
 log = logging.getLogger("myca_ops.voice.server")
 
 HEALTH_WINDOW_S = 60.0
 BUSY_GRACE_S = 0.1  # a caller who finds every slot taken waits this long for one (a reload after a hang-up)
+MAX_MEASURED_TICKS = 2000  # a measurement's ticks (and warm-up) at most: 160 s of frames
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
 PAST_CONTEXT = ("wrap", "end")
 PREFILL_TIMEOUT_S = 60.0  # a prompt slower than this on its way to the handshake is a fault, said in the close
@@ -296,6 +302,52 @@ def fail(what: str) -> None:
     os._exit(2)
 
 
+@dataclass
+class Measurement:
+    """A verify's request: `ticks` ticks timed, after `warmup`, with every slot talking: the callers'
+    and, in each free slot, speech-like audio (whose answers go nowhere).  Made on the event loop,
+    stepped by the model thread; `done` gets the figures."""
+
+    ticks: int
+    warmup: int
+    done: asyncio.Future
+    audio: object = None  # speech-like samples, cycled through
+    talking: set = field(default_factory=set)  # the free slots it talks in now
+    ran: int = 0  # ticks so far, warm-up included
+    callers: int = 0  # the most callers talking beside it
+    times: dict = field(default_factory=lambda: {stage: [] for stage in (*STAGES, "total")})
+
+    def frames(self, free: list[int]) -> tuple[dict, set]:
+        """This tick's frame for each free slot, and the slots that start talking with it."""
+        at = self.ran * FRAME_SAMPLES % (len(self.audio) - FRAME_SAMPLES)
+        frame = self.audio[at : at + FRAME_SAMPLES]
+        new = set(free) - self.talking
+        self.talking = set(free)
+        return dict.fromkeys(free, frame), new
+
+    def report(self, slots: int, slot_bytes: int, settings: Settings) -> dict:
+        total = summary(self.times["total"])
+        return {
+            "slots": slots,
+            "callers": self.callers,
+            "ticks": len(self.times["total"]),
+            "stages": {stage: summary(values) for stage, values in self.times.items()},
+            "samples_ms": [round(ms, 2) for ms in self.times["total"]],
+            "slot_bytes": slot_bytes,
+            "realtime": total["p99"] is not None and total["p99"] <= FRAME_BUDGET_MS,
+            "mode": settings.mode,
+            "device": settings.device,
+            **device_facts(settings.device),
+        }
+
+
+def device_facts(device: str) -> dict:
+    import torch
+
+    cuda = device.startswith("cuda")
+    return {"gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None, "torch": torch.__version__}
+
+
 class VoiceServer:
     def __init__(self, settings: Settings, build) -> None:
         """`build()` loads the model and returns (SlotEngine, text tokenizer); it runs off the event loop."""
@@ -316,6 +368,8 @@ class VoiceServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.codec: Codec | None = None  # made on the event loop, before the model loads
         self.freed = asyncio.Event()  # set (and replaced) each time a slot is freed, on the event loop
+        self.slot_bytes: int | None = None  # each slot's streaming state (KV caches, codec buffers)
+        self.measurement: Measurement | None = None  # a verify's, while it runs (POST /api/measure)
 
     def start_codec(self) -> None:
         def refused(session: Session, why: str) -> None:
@@ -344,6 +398,7 @@ class VoiceServer:
         except Exception:
             fail("loading the model failed")
         slots = self.engine.slots
+        self.slot_bytes = self.engine.state_bytes() // slots
         self.sessions = [None] * slots
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
@@ -386,7 +441,13 @@ class VoiceServer:
         engine, inbox = self.engine, self.inbox
         while True:
             with self.lock:
-                while not self.stopping and not any(inbox.frames) and not inbox.resets and not engine.prefilling:
+                while not (
+                    self.stopping
+                    or any(inbox.frames)
+                    or inbox.resets
+                    or engine.prefilling
+                    or (self.measurement and None in self.sessions)
+                ):
                     self.lock.wait()
                 if self.stopping:
                     return
@@ -399,7 +460,18 @@ class VoiceServer:
                 first = inbox.first & set(taken)
                 inbox.first -= first
                 generations = list(self.generation)
+                measuring = self.measurement
+                free = [k for k, s in enumerate(self.sessions) if s is None and k not in resets]
+                callers = sum(s is not None for s in self.sessions)
             engine.reset(list(resets))
+            frames = {k: samples for k, (samples, _) in taken.items()}
+            if measuring:
+                free = [k for k in free if k not in engine.prefilling]
+                measuring.callers = max(measuring.callers, callers)
+                talking, new = measuring.frames(free)
+                engine.reset(list(new))  # nothing of an earlier conversation in a measuring slot
+                frames.update(talking)
+                first |= new
             ready = []
             for k, prompt in resets.items():
                 if prompt is None:
@@ -409,8 +481,10 @@ class VoiceServer:
                     ready.append((k, "cache"))
                 else:
                     engine.prefill(k, prompt)
-            if taken or engine.prefilling:
-                outputs, stages = engine.tick({k: samples for k, (samples, _) in taken.items()}, first)
+            if frames or engine.prefilling:
+                outputs, stages = engine.tick(frames, first)
+                if measuring and frames:
+                    self.measured(measuring, stages)
                 for k, prompt in engine.prefilled:
                     if prompt.label in self.personas and prompt.key not in self.states:
                         self.states[prompt.key] = engine.snapshot(k)
@@ -425,6 +499,34 @@ class VoiceServer:
                     self.loop.call_soon_threadsafe(self.deliver, outputs, generations)
             if ready:
                 self.loop.call_soon_threadsafe(self.announce, ready, generations)
+
+    def measured(self, measuring: Measurement, stages: dict) -> None:
+        """Model thread: count a tick of the measurement; at its last, free its slots and answer."""
+        measuring.ran += 1
+        if measuring.ran > measuring.warmup:
+            for stage, ms in (*stages.items(), ("total", sum(stages.values()))):
+                measuring.times[stage].append(ms)
+        if measuring.ran < measuring.warmup + measuring.ticks:
+            return
+        with self.lock:
+            self.measurement = None
+        self.engine.reset(sorted(measuring.talking))
+        report = measuring.report(self.engine.slots, self.slot_bytes, self.settings)
+        self.loop.call_soon_threadsafe(lambda: measuring.done.done() or measuring.done.set_result(report))
+
+    async def measure(self, ticks: int, warmup: int) -> dict | None:
+        """On the event loop: the figures of a measurement of `ticks` ticks, or None while one runs."""
+        from myca_ops.voice.probe import speech_like
+
+        done = self.loop.create_future()
+        audio = speech_like(min(ticks + warmup, 250) * FRAME_SAMPLES / SAMPLE_RATE + 0.1)  # up to 20 s, cycled
+        with self.lock:
+            if self.measurement is not None:
+                return None
+            self.measurement = Measurement(ticks, warmup, done, audio)
+            self.lock.notify()
+        log.info("measuring %d ticks with every free slot talking", ticks)
+        return await done
 
     def record(self, stages: dict, done: float, waits: list[float]) -> None:
         m = self.metrics
@@ -576,6 +678,8 @@ class VoiceServer:
             "device": self.settings.device,
             "slots_used": used,
             "slots_total": self.engine.slots if self.engine else None,
+            "slot_bytes": self.slot_bytes,
+            "measuring": self.measurement is not None,  # a verify's ticks: every free slot talks meanwhile
             "tick_ms": {
                 "p50": None if p50 is None else round(p50, 2),
                 "p99": None if p99 is None else round(p99, 2),
@@ -730,6 +834,31 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
+async def measure(request: web.Request) -> web.Response:
+    """POST /api/measure?ticks=N&warmup=W: the served engine's tick figures (Measurement), asked
+    from this host only: a measurement makes every slot talk, which no one else may ask for."""
+    server: VoiceServer = request.app[STATE]
+    try:
+        local = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        return web.json_response({"error": "measurements are asked from the server's own host"}, status=403)
+    if server.engine is None:
+        return web.json_response({"error": "the model is still loading"}, status=503)
+    try:
+        ticks, warmup = int(request.query.get("ticks", 100)), int(request.query.get("warmup", 10))
+    except ValueError:
+        ticks = warmup = -1
+    if not (1 <= ticks and 0 <= warmup and ticks + warmup <= MAX_MEASURED_TICKS):
+        why = f"ticks (1 or more) and warmup (0 or more) must be whole numbers, together at most {MAX_MEASURED_TICKS}"
+        return web.json_response({"error": why}, status=400)
+    report = await server.measure(ticks, warmup)
+    if report is None:
+        return web.json_response({"error": "another measurement is running: ask again when it ends"}, status=409)
+    return web.json_response(report)
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[STATE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -754,6 +883,7 @@ def make_app(server: VoiceServer) -> web.Application:
     app.router.add_get("/api/chat", chat)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/api/measure", measure)
     return app
 
 
