@@ -88,7 +88,7 @@ def test_a_pool_puts_haproxy_in_front_and_queues_as_many_as_its_slots():
 def test_bridge_sessions_follow_the_server():
     groups = {"gpu_hosts": ["gpu"], "bridge_hosts": ["edge"]}
     counted_at_start = stack({"gpu": {}, "edge": {}}, groups, "edge")
-    assert counted_at_start["bridge_sessions"] == 32  # the batched server's own cap (MAX_SLOTS_AUTO)
+    assert counted_at_start["bridge_sessions"] == 64  # the batched server's own cap (MAX_SLOTS_AUTO)
     assert stack({"gpu": {"moshi_slots": 3}, "edge": {}}, groups, "edge")["bridge_sessions"] == 3
     assert stack({"gpu": {"moshi_server": "upstream"}, "edge": {}}, groups, "edge")["bridge_sessions"] == 1
 

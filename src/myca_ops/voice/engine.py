@@ -105,9 +105,10 @@ class SlotEngine:
 
         def size(value, depth: int = 0) -> int:
             if isinstance(value, self.torch.Tensor):
-                if value.data_ptr() in seen:
+                where = value.data_ptr() or id(value)  # the meta device (sizes without memory) has no addresses
+                if where in seen:
                     return 0
-                seen.add(value.data_ptr())
+                seen.add(where)
                 return value.nbytes
             if isinstance(value, (list, tuple)):
                 return sum(size(v, depth + 1) for v in value)
@@ -120,7 +121,7 @@ class SlotEngine:
 
     def _slot_tensors(self) -> tuple[list, list]:
         """Where the LM's per-slot streaming tensors live, as (holder, attribute): rows (batch
-        first: token buffers, offsets) and the ring KV caches (2, batch, heads, capacity, dim),
+        first: token buffers, offsets) and the ring KV caches (2, batch, heads, capacity, dim or 1),
         whose filled positions are 0..steps-1.  Read at each use: moshi replaces some (offsets)."""
         from moshi.modules.streaming import StreamingModule
         from moshi.modules.transformer import RingKVCache
@@ -132,7 +133,8 @@ class SlotEngine:
                 if isinstance(value, RingKVCache):
                     if value.end_offset.shape[0] != self.slots:
                         raise ValueError("the LM's KV cache does not keep a position per slot")
-                    rings.append((value, "cache"))
+                    # An 8-bit cache (myca_ops.voice.kvcache) has its scales beside, in the same layout.
+                    rings += [(value, part) for part in ("cache", "scales") if hasattr(value, part)]
                     rows[(i, name)] = (value, "end_offset")
                 elif (
                     name != "exec_mask"

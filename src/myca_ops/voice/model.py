@@ -32,7 +32,7 @@ CONFIG_FILE = "config.json"
 DEFAULT_WEIGHTS_DIR = "/var/lib/moshi/weights"
 MODES = ("compile+graphs", "graphs", "compile", "eager", "cpu")
 SLOW_MODE_MS = 200  # the field report's step time with graphs and compile off
-MAX_SLOTS_AUTO = 32
+MAX_SLOTS_AUTO = 64  # counted from memory, at most this: 64 slots tick in 48.9 ms on an H200 (docs/PERFORMANCE.md)
 GPU_HEADROOM = 0.10  # of the GPU's memory kept free when slots are counted from it
 # Tiny LM dims for random weights ("small"): fast anywhere, the codebook layout stays the real one.
 SMALL_LM = {
@@ -330,6 +330,41 @@ def set_cpu_threads(env: dict[str, str]) -> None:
         torch.set_num_threads(threads)
 
 
+KV_DTYPES = ("model", "int8", "fp8")  # moshi_kv_dtype: myca_ops.voice.kvcache
+MIN_CONTEXT_FRAMES = 64  # 5 s: less is no conversation
+
+
+def cache_settings(env: dict[str, str]) -> tuple[str, int | None]:
+    """The attention cache's storage and context (myca_ops.voice.kvcache) from the service's
+    environment: (MYCA_MOSHI_KV_DTYPE, MYCA_MOSHI_CONTEXT_FRAMES or None for the checkpoint's)."""
+    kv = env.get("MYCA_MOSHI_KV_DTYPE") or "model"
+    if kv not in KV_DTYPES:
+        raise ValueError(f"MYCA_MOSHI_KV_DTYPE is {kv!r}: expected one of {', '.join(KV_DTYPES)} (moshi_kv_dtype)")
+    raw = env.get("MYCA_MOSHI_CONTEXT_FRAMES") or "0"
+    try:
+        context = int(raw)
+    except ValueError:
+        raise ValueError(f"MYCA_MOSHI_CONTEXT_FRAMES must be a whole number of frames, got {raw!r}") from None
+    if context and context < MIN_CONTEXT_FRAMES:
+        raise ValueError(
+            f"MYCA_MOSHI_CONTEXT_FRAMES is {context}: at least {MIN_CONTEXT_FRAMES} frames (5 s), or 0 for the "
+            "checkpoint's own (moshi_context_frames)"
+        )
+    return kv, context or None
+
+
+def memory_budget(env: dict[str, str]) -> int:
+    """Bytes of the GPU the service may take (MYCA_MOSHI_MEMORY_BUDGET_GIB; 0: all of it)."""
+    raw = env.get("MYCA_MOSHI_MEMORY_BUDGET_GIB") or "0"
+    try:
+        gib = float(raw)
+    except ValueError:
+        gib = -1
+    if gib < 0:
+        raise ValueError(f"MYCA_MOSHI_MEMORY_BUDGET_GIB is {raw!r}: a number of GiB, 0 for the whole GPU")
+    return int(gib * 2**30)
+
+
 # --- Weights ------------------------------------------------------------------------------------
 def device(env: dict[str, str]) -> str:
     return env.get("MYCA_MOSHI_DEVICE") or "cuda"
@@ -463,6 +498,7 @@ class Loaded:
     gen_config: dict
     model_type: str = "moshi"
     tokenizer: object = None  # sentencepiece; None for random weights
+    budget_bytes: int = 0  # of the GPU this process may take (memory_budget); 0: all of it
 
     def lm_gen(self, batch: int):
         from moshi.models import LMGen
@@ -504,19 +540,42 @@ class Loaded:
         import torch
 
         free, total = torch.cuda.mem_get_info(torch.device(self.device))
+        if self.budget_bytes:  # a budget is invisible to mem_get_info: what the process holds counts against it
+            held = torch.cuda.memory_reserved(torch.device(self.device))
+            free, total = min(free, self.budget_bytes - held), min(total, self.budget_bytes)
         per_slot = self.slot_bytes()
         personas = per_slot * prompt_steps // max(self.lm.context or 1, 1)
         slots = max(1, min(MAX_SLOTS_AUTO, int((free - personas - GPU_HEADROOM * total) // max(per_slot, 1))))
         return slots, (
-            f"{free / 2**30:.1f} GiB free after loading, {per_slot / 2**20:.0f} MiB per slot measured, "
+            f"{free / 2**30:.1f} GiB free after loading{' in the budget' if self.budget_bytes else ''}, "
+            f"{per_slot / 2**20:.0f} MiB per slot measured, "
             f"{personas / 2**20:.0f} MiB kept for the personas' states"
         )
 
 
 def load(env: dict[str, str], random_size: str | None = None) -> Loaded:
-    """The service's model as the batched server loads it (weights, dtype, device, sampling), or,
-    with `random_size` or ``MYCA_MOSHI_RANDOM_WEIGHTS`` ("full": the 7B shapes, "small": a tiny LM;
-    for benchmarks: no text tokenizer, so no text is sent), random weights; Mimi is full-size."""
+    """The service's model as the batched server loads it (weights, dtype, device, sampling, the
+    attention cache's storage and context), or, with `random_size` or ``MYCA_MOSHI_RANDOM_WEIGHTS``
+    ("full": the 7B shapes, "small": a tiny LM; for benchmarks: no text tokenizer, so no text is
+    sent), random weights; Mimi is full-size."""
+    kv_dtype, context = cache_settings(env)  # refused before the long load
+    budget = memory_budget(env)
+    if budget and device(env).startswith("cuda"):
+        import torch
+
+        gpu = torch.device(device(env))
+        # torch then refuses what would pass the budget, as a smaller card would
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / torch.cuda.mem_get_info(gpu)[1]), gpu)
+    loaded = _load(env, random_size)
+    loaded.budget_bytes = budget if device(env).startswith("cuda") else 0
+    if (kv_dtype, context) != ("model", None):
+        from myca_ops.voice import kvcache
+
+        kvcache.shrink(loaded.lm, kv_dtype, context)
+    return loaded
+
+
+def _load(env: dict[str, str], random_size: str | None) -> Loaded:
     import torch
     from moshi.models import loaders
 
