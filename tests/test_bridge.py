@@ -584,7 +584,8 @@ def test_keep_alive_connections_count_against_their_address_and_another_address_
         sock.sendall(request)
         return sock, sock.recv(4096).split(b"\r\n")[0]
 
-    with bridge(tmp_path, upstream=upstream, max_connections_per_address=4, header_timeout_s=30) as base:
+    settings = {"max_connections_per_address": 4, "header_timeout_s": 30, "keepalive_timeout_s": 30}
+    with bridge(tmp_path, upstream=upstream, **settings) as base:
         port = int(base.rsplit(":", 1)[1])
         held = [keep_alive(port) for _ in range(20)]
         statuses = [status for _, status in held]
@@ -595,6 +596,41 @@ def test_keep_alive_connections_count_against_their_address_and_another_address_
             sock.close()
         time.sleep(0.2)
         assert keep_alive(port)[1] == b"HTTP/1.1 200 OK"
+
+
+def test_a_kept_alive_connection_idles_for_the_keep_alive_timeout_and_a_silent_one_for_the_header_timeout(
+    tmp_path, upstream
+):
+    """Keep-alive 0.5 s, header timeout 4 s: a connection answered and then idle is closed within
+    2 s, and so is one that began a request and stalled; one that has sent nothing is still open
+    at 2 s and closed by 6 s."""
+    import socket
+
+    def connect(port: int, send: bytes) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=8)
+        if send:
+            sock.sendall(send)
+        return sock
+
+    def closed_after(sock: socket.socket, start: float) -> float:
+        while sock.recv(4096):  # an answer first, for the kept-alive one
+            pass
+        return time.monotonic() - start
+
+    with bridge(tmp_path, upstream=upstream, header_timeout_s=4, keepalive_timeout_s=0.5) as base:
+        port = int(base.rsplit(":", 1)[1])
+        start = time.monotonic()
+        idle = connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        stalled = connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+        silent = connect(port, b"")
+        assert closed_after(idle, start) < 2 and closed_after(stalled, start) < 2
+        silent.settimeout(2 - (time.monotonic() - start))
+        with pytest.raises(TimeoutError):
+            silent.recv(1)  # open and unanswered at 2 s
+        silent.settimeout(8)
+        assert 2 <= closed_after(silent, start) < 6
+        for sock in (idle, stalled, silent):
+            sock.close()
 
 
 def test_the_access_log_never_holds_a_token(tmp_path, upstream):

@@ -59,14 +59,16 @@ async def run_server(config: BridgeConfig, ssl_context) -> None:
     runner = web.AppRunner(
         make_app(config),
         access_log_class=AccessLog,
-        keepalive_timeout=config.header_timeout_s,  # aiohttp times a new connection from its start
+        keepalive_timeout=config.keepalive_timeout_s,  # from a connection's first byte (ConnectionCap)
     )
     await runner.setup()
     loop, stop, open_per_address = asyncio.get_running_loop(), asyncio.Event(), {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(
-        lambda: ConnectionCap(runner.server, open_per_address, config.max_connections_per_address),
+        lambda: ConnectionCap(
+            runner.server, open_per_address, config.max_connections_per_address, config.header_timeout_s
+        ),
         config.listen_host,
         config.listen_port,
         ssl=ssl_context,

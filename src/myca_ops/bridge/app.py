@@ -491,12 +491,16 @@ async def metrics(request: web.Request) -> web.Response:
 class ConnectionCap(asyncio.Protocol):
     """One connection to the bridge, counted against its client address in every state (headers
     pending, keep-alive idle, a websocket): over `limit`, its request is answered 429 and the
-    connection closed before aiohttp sees it.  Everything else goes to aiohttp's handler."""
+    connection closed before aiohttp sees it.  A counted connection has `first_byte_s` (the
+    header timeout) to send its first byte; with it, it goes to aiohttp's handler, whose own
+    timer (keepalive_timeout, shorter) then bounds the rest of its request and each idle wait
+    between requests: a kept-alive connection cannot be held by a request every few seconds."""
 
     REFUSED_WAIT_S = 2.0  # a refused connection that sends no request in this time is aborted
 
-    def __init__(self, make_handler, open_per_address: dict, limit: int) -> None:
+    def __init__(self, make_handler, open_per_address: dict, limit: int, first_byte_s: float) -> None:
         self.make_handler, self.open, self.limit = make_handler, open_per_address, limit
+        self.first_byte_s, self.silent = first_byte_s, None
         self.handler, self.peer, self.transport, self.key = None, "", None, None  # key: where it is counted
 
     def connection_made(self, transport) -> None:
@@ -504,8 +508,7 @@ class ConnectionCap(asyncio.Protocol):
         self.peer, self.transport = (peer[0] if peer else ""), transport
         if self.open.get(self.peer, 0) < self.limit:
             self.key = self.peer
-            self.handler = self.make_handler()
-            self.handler.connection_made(transport)
+            self.silent = asyncio.get_running_loop().call_later(self.first_byte_s, transport.abort)
         elif self.open.get(("refused", self.peer), 0) < self.limit:
             self.key = ("refused", self.peer)
             asyncio.get_running_loop().call_later(self.REFUSED_WAIT_S, transport.abort)
@@ -520,6 +523,11 @@ class ConnectionCap(asyncio.Protocol):
             del self.open[self.key]
 
     def data_received(self, data: bytes) -> None:
+        if self.silent is not None:  # its first bytes: aiohttp takes the connection from here
+            self.silent.cancel()
+            self.silent = None
+            self.handler = self.make_handler()
+            self.handler.connection_made(self.transport)
         if self.handler is not None:
             self.handler.data_received(data)
         elif not self.transport.is_closing():  # refused: answered once its request has come
@@ -540,6 +548,8 @@ class ConnectionCap(asyncio.Protocol):
             self.handler.resume_writing()
 
     def connection_lost(self, exc) -> None:
+        if self.silent is not None:
+            self.silent.cancel()
         if self.key is not None:
             self.count(-1)
         if self.handler is not None:

@@ -55,7 +55,10 @@ class BridgeConfig:
     # Who sees /metrics and /healthz's details (besides a token holder): networks or host names.
     metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_connections_per_address: int = 16  # open connections per client address, in any state; more get 429
-    header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
+    header_timeout_s: float = 10.0  # a connection that sends nothing in this time is closed
+    # From its first byte, a connection's request must be complete, and a kept-alive connection's
+    # next one begun, within this: shorter than the gap between an attacker's requests.
+    keepalive_timeout_s: float = 2.0
     # A client that has not read for this long (no pong to the bridge's pings, sent 4 times as
     # often) loses its session at once: the connection is aborted, the slot freed.
     write_stall_s: float = 10.0
@@ -82,6 +85,7 @@ class BridgeConfig:
             "idle_timeout_s",
             "connect_timeout_s",
             "header_timeout_s",
+            "keepalive_timeout_s",
             "write_stall_s",
             "max_session_s",
             "ticket_ttl_s",
