@@ -18,12 +18,13 @@ def token_scopes(tokens, value: str) -> list[str]:
     return sorted(next((t.scopes for t in map(parse_token, tokens or []) if value and t.value == value), []))
 
 
-def voice_ticket(keys, origin: str, ttl_s: float = 60) -> str:
-    """A ticket for one session from a page at `origin`, signed with the first of bridge_ticket_keys,
-    minted on the control node when the task runs (myca_ops.bridge.tickets, as the bridge mints)."""
+def voice_ticket(keys, origin: str, bridge: str = "", ttl_s: float = 60) -> str:
+    """A ticket for one session from a page at `origin` at the bridge named `bridge` (its inventory
+    name), signed with the first of bridge_ticket_keys, minted on the control node when the task
+    runs (myca_ops.bridge.tickets, as the bridge mints)."""
     from myca_ops.bridge.tickets import Tickets
 
-    return Tickets(tuple(keys), ttl_s).mint(origin)
+    return Tickets(tuple(keys), ttl_s, bridge).mint(origin)
 
 
 def merged_load(shares: list) -> dict:

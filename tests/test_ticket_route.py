@@ -15,7 +15,7 @@ from myca_ops.bridge.tickets import Tickets
 
 ROOT = Path(__file__).resolve().parent.parent
 TSC = ROOT / "tests" / "ts" / "node_modules" / ".bin" / "tsc"
-KEY, SITE = "route-test-key-" + "r" * 24, "https://myca.example"
+KEY, SITE, BRIDGE = "route-test-key-" + "r" * 24, "https://myca.example", "edge-a"
 
 CALLS = r"""
 const route = require(process.argv[1]);
@@ -54,7 +54,9 @@ def route_js(tmp_path_factory) -> Path:
     spec.loader.exec_module(filters)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     env.filters.update(filters.FilterModule().filters(), to_json=json.dumps)
-    source = env.from_string(template).render(ansible_managed="myca-ops test", website_ticket_ttl_s=60)
+    source = env.from_string(template).render(
+        ansible_managed="myca-ops test", website_ticket_ttl_s=60, website_bridge_host=BRIDGE
+    )
     (work / "route.ts").write_text(source)
     types = ROOT / "tests" / "ts" / "node_modules" / "@types"
     compiled = subprocess.run(
@@ -83,13 +85,15 @@ def answers(route_js) -> dict:
 
 
 def test_the_route_mints_tickets_the_bridge_redeems_and_refuses_what_it_should(answers):
-    tickets = Tickets((KEY,), 60)
+    tickets = Tickets((KEY,), 60, BRIDGE)  # the bridge the role renders the route for
     site = answers["site"]
     assert site["status"] == 200 and site["cache"] == "no-store"
     minted = json.loads(site["body"])
     assert minted["expires_in"] == 60
+    with pytest.raises(Exception, match="ticket is for bridge edge-a, not this one \\(edge-b\\)"):
+        Tickets((KEY,), 60, "edge-b").redeem(minted["ticket"], SITE, None)  # another bridge with the same keys
     claims = tickets.redeem(minted["ticket"], SITE, None)  # signature, exp, aud, jti: Python verifies Node's signing
-    assert claims["exp"] - claims["iat"] == 60 and "persona" not in claims
+    assert claims["exp"] - claims["iat"] == 60 and "persona" not in claims and claims["bridge"] == BRIDGE
     with pytest.raises(Exception, match="already used"):
         tickets.redeem(minted["ticket"], SITE, None)
     # The server's persona-name rule, written into the route by the role: a name with a dot is one.

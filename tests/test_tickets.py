@@ -85,6 +85,60 @@ def test_each_bad_ticket_is_refused_with_its_own_reason_and_nothing_of_the_key()
         assert KEY not in each and "k" * 8 not in each
 
 
+def test_a_ticket_is_bound_to_its_bridge_and_to_one_run_of_it():
+    """Bridges that share keys each remember only what they redeemed: a named bridge takes only
+    tickets naming it, and none issued before it started (its memory of used ones began then)."""
+    now = time.time()
+    edge_a = Tickets((KEY,), 60, "edge-a", since=now)
+    ticket = Tickets((KEY,), 60, "edge-a").mint(SITE)
+    assert edge_a.redeem(ticket, SITE, None)["bridge"] == "edge-a"
+    elsewhere = refusal(Tickets((KEY,), 60, "edge-b", since=now), ticket)
+    assert (elsewhere.status, elsewhere.code, elsewhere.reason) == (
+        403,
+        4403,
+        "ticket is for bridge edge-a, not this one (edge-b)",
+    )
+    unnamed = refusal(Tickets((KEY,), 60, "edge-a"), Tickets((KEY,), 60).mint(SITE))
+    assert unnamed.status == 403 and unnamed.reason.startswith(
+        "ticket names no bridge; this one (edge-a) takes only its own"
+    )
+    restarted = refusal(Tickets((KEY,), 60, "edge-a", since=now + 5), ticket)  # the same bridge, started again
+    assert (restarted.status, restarted.reason) == (
+        401,
+        "ticket was issued before this bridge started (it may have been used): mint a new one",
+    )
+    wrong_type = jwt.encode(
+        {"aud": SITE, "iat": int(now), "exp": int(now) + 60, "jti": "b", "bridge": 1}, KEY, algorithm="HS256"
+    )
+    assert refusal(edge_a, wrong_type).reason.startswith("ticket is malformed")
+
+
+def test_a_ticket_replayed_after_a_restart_or_at_a_second_bridge_with_the_same_keys_is_refused(tmp_path):
+    """Real bridge processes: edge-a serves a ticket once; edge-b, with the same keys, refuses it;
+    edge-a restarted (its memory of used tickets gone with the process) refuses it too, and serves a
+    fresh one."""
+    with echo_upstream(tmp_path) as upstream:
+        settings = {"upstream": upstream, "ticket_keys": [KEY], "allowed_origins": [SITE]}
+        with bridge(tmp_path, name="edge-a", **settings) as base:
+            ticket = Tickets((KEY,), 60, "edge-a").mint(SITE)  # issued once the bridge runs, as a site's are
+            assert asyncio.run(attempt(base, f"?ticket={ticket}", SITE)) == ("handshake", b"\x00", "")
+        with bridge(tmp_path, name="edge-b", **settings) as base:
+            assert asyncio.run(attempt(base, f"?ticket={ticket}", SITE)) == (
+                "closed",
+                4403,
+                "ticket is for bridge edge-a, not this one (edge-b)",
+            )
+        time.sleep(1.0)  # a ticket issued in the second the bridge starts is taken (iat has whole seconds)
+        with bridge(tmp_path, name="edge-a", **settings) as base:
+            assert asyncio.run(attempt(base, f"?ticket={ticket}", SITE)) == (
+                "closed",
+                4401,
+                "ticket was issued before this bridge started (it may have been used): mint a new one",
+            )
+            fresh = Tickets((KEY,), 60, "edge-a").mint(SITE)
+            assert asyncio.run(attempt(base, f"?ticket={fresh}", SITE)) == ("handshake", b"\x00", "")
+
+
 def test_a_rotated_key_still_opens_the_tickets_it_minted_a_moment_ago():
     before = Tickets((OLD_KEY,), 60).mint(SITE)
     after_rotation = Tickets((KEY, OLD_KEY), 60)

@@ -111,7 +111,11 @@ class BridgeState:
         self.background: set[asyncio.Task] = set()
         self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
         self.slot_freed = asyncio.Condition()
-        self.tickets = Tickets(config.ticket_keys, config.ticket_ttl_s) if config.ticket_keys else None
+        self.tickets = (
+            Tickets(config.ticket_keys, config.ticket_ttl_s, config.name, since=time.time())
+            if config.ticket_keys
+            else None
+        )
         self.ticket_rate = RateLimit(config.ticket_rate_per_min)
 
     def spawn(self, coro, closing: bool = False) -> None:

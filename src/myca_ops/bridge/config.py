@@ -37,6 +37,7 @@ class BridgeConfig:
     tokens: tuple[Token, ...] = ()  # service tokens; with no tokens and no ticket keys, no credential is needed
     # Tickets (myca_ops.bridge.tickets): HS256 keys, the first signs; a ticket's longest life;
     # POST /api/voice/ticket on this port (for sites with no server code), per address per minute.
+    name: str = ""  # this bridge's name (its inventory name): its tickets must carry it; "": any
     ticket_keys: tuple[str, ...] = ()
     ticket_ttl_s: float = 60.0
     ticket_route: bool = False

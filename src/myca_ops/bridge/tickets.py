@@ -10,7 +10,12 @@ is rotated by putting the new one first and removing the old one a TTL later.
 
 Each ticket opens one session: its ``jti`` is remembered until it expires, at most
 ``MAX_REMEMBERED`` at once (more live tickets than that are refused as "try again", never
-forgotten early, which would let one be replayed).
+forgotten early, which would let one be replayed).  That memory is the process's own, so a
+ticket is also bound to one bridge and one run of it, rather than the memory shared: a bridge
+with a ``name`` (the bridge role sets its inventory name) takes only tickets whose ``bridge``
+claim names it (the site's route names the bridge it hands browsers), and a bridge refuses
+tickets issued before it started (``since``).  A ticket used at one bridge is so refused at
+another that shares its keys, and after a restart, within its life.
 """
 
 from __future__ import annotations
@@ -43,16 +48,21 @@ def forbidden(reason: str) -> Refusal:
 
 
 class Tickets:
-    def __init__(self, keys: tuple[str, ...], ttl_s: float) -> None:
+    def __init__(self, keys: tuple[str, ...], ttl_s: float, bridge: str = "", since: float | None = None) -> None:
+        """`bridge`: this bridge's name, which its tickets must carry (""): any); `since`: when this
+        bridge started: a ticket issued before may have been used before (None: no such rule)."""
         import jwt  # PyJWT: the bridge's venv has it (bridge_packages)
 
-        self.jwt, self.keys, self.ttl_s = jwt, keys, ttl_s
+        self.jwt, self.keys, self.ttl_s, self.bridge = jwt, keys, ttl_s, bridge
+        self.since = None if since is None else int(since)  # iat is in whole seconds
         self.used: OrderedDict[str, float] = OrderedDict()  # jti -> exp, in the order redeemed
 
     def mint(self, origin: str, persona: str | None = None, now: float | None = None) -> str:
-        """A ticket for one session from a page at `origin`, valid for ttl_s."""
+        """A ticket for one session from a page at `origin`, at this bridge, valid for ttl_s."""
         issued = int(time.time() if now is None else now)
         claims = {"aud": origin, "iat": issued, "exp": issued + int(self.ttl_s), "jti": secrets.token_urlsafe(16)}
+        if self.bridge:
+            claims["bridge"] = self.bridge
         if persona:
             claims["persona"] = persona
         return self.jwt.encode(claims, self.keys[0], algorithm=ALGORITHM)
@@ -86,7 +96,8 @@ class Tickets:
         # Signed is not well-formed: a claim of the wrong type is refused here, never a TypeError later.
         numbers = all(type(claims.get(k)) in (int, float) for k in ("exp", "iat"))
         texts = all(isinstance(claims.get(k), str) for k in ("jti", "aud"))
-        if not numbers or not texts or not isinstance(claims.get("persona", ""), str):
+        optional_texts = all(isinstance(claims.get(k, ""), str) for k in ("persona", "bridge"))
+        if not numbers or not texts or not optional_texts:
             raise unauthorized("ticket is malformed (a claim of the wrong type)")
         if claims["exp"] - claims["iat"] > self.ttl_s + LEEWAY_S:
             raise unauthorized(
@@ -94,6 +105,16 @@ class Tickets:
             )
         if claims["aud"] != origin:
             raise forbidden(f"ticket was minted for {claims['aud']}, not {origin or 'a client without an Origin'}")
+        if self.bridge and claims.get("bridge") != self.bridge:
+            named = claims.get("bridge")
+            raise forbidden(
+                f"ticket is for bridge {named}, not this one ({self.bridge})"
+                if named
+                else f"ticket names no bridge; this one ({self.bridge}) takes only its own: mint it with the site's "
+                "route as deployed with this bridge"
+            )
+        if self.since is not None and claims["iat"] < self.since:
+            raise unauthorized("ticket was issued before this bridge started (it may have been used): mint a new one")
         wanted = claims.get("persona")
         if wanted is not None and persona is not None and persona != wanted:
             raise forbidden(f"ticket is for persona {wanted}, not {persona}")
