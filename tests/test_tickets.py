@@ -320,6 +320,57 @@ def test_an_address_storm_fills_the_mint_limiter_and_a_fresh_visitor_still_gets_
     assert limit.allow("2001:db8:0:1::1")  # another /64
 
 
+def test_over_http_10000_addresses_mint_and_a_fresh_visitor_gets_a_ticket_within_a_second(ticketed):
+    """The storm as a bridge meets it: 10,000 loopback addresses each POST to the ticket route (200
+    at a time); each is served (its own limit), and a visitor from a new address meanwhile and
+    after gets a ticket within a second; each address minting again is refused by its own limit
+    (the 4th in a minute), not everyone's."""
+    host, port = ticketed[0].removeprefix("http://").split(":")
+    request = (
+        f"POST /api/voice/ticket HTTP/1.1\r\nHost: x\r\nOrigin: {SITE}\r\nContent-Length: 0\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+    async def mint(address: str) -> int:
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(address, 0))
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        return status
+
+    async def storm(addresses: list[str]) -> list[int]:
+        gate, out = asyncio.Semaphore(200), []
+
+        async def one(address: str) -> None:
+            async with gate:
+                out.append(await mint(address))
+
+        await asyncio.gather(*(one(a) for a in addresses))
+        return out
+
+    async def scenario() -> tuple[list[int], list[float]]:
+        addresses = [f"127.40.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
+        waits = []
+
+        async def visitor(address: str) -> None:
+            start = time.monotonic()
+            assert await mint(address) == 200
+            waits.append(time.monotonic() - start)
+
+        running = asyncio.create_task(storm(addresses))
+        await asyncio.sleep(1)
+        await visitor("127.30.0.1")  # during the storm
+        statuses = await running
+        await visitor("127.30.0.2")  # after it
+        again = await storm(addresses[-50:] * 3)  # each address's own limit holds: 3 a minute
+        assert (again.count(200), again.count(429)) == (100, 50), again
+        return statuses, waits
+
+    statuses, waits = asyncio.run(scenario())
+    assert statuses == [200] * 10_000
+    assert len(waits) == 2 and max(waits) < 1.0, waits
+
+
 def test_fuzzed_headers_and_claims_never_get_a_500_or_a_traceback(ticketed):
     """400 requests at /api/chat and the ticket route with random Origin, Authorization and query
     bytes (any byte value, doubled headers) and validly signed tickets whose claims have random
