@@ -3,7 +3,9 @@
 # setting, the slots the service counts and the tick p99 at them; then agreement with moshi's own
 # cache over 500 frames on random full-size weights), then, per setting, the served engine end to
 # end with that many callers (bench/device_serve.sh, the budget and the setting in its environment).
-# Target: at least 8 real-time conversations in 24 GiB, gap p99 at most 120 ms.
+# Target: at least 8 real-time conversations in 24 GiB, gap p99 at most 120 ms. Last, 8-bit weights:
+# the lab's checkpoint in Kyutai's q8 format served on the GPU to one caller (bitsandbytes from
+# the wheels folder: bench/device_wheels.sh DEST 3.12 bitsandbytes==0.50.2).
 # Run it after bench/device_check.sh (moshi and sphn installed). Under 10 minutes.
 #   bench/device_kv.sh [BUDGET_GIB]                 (default 24); results under $OUT (or reports/device)
 #   SHAPES=small DEVICE=cpu bench/device_kv.sh      a smoke run on CPU (the tiny LM, 2 slots)
@@ -31,4 +33,24 @@ for r in json.load(open(sys.argv[1]))["slots"]:
   MYCA_MOSHI_KV_DTYPE=$kv MYCA_MOSHI_CONTEXT_FRAMES=$context MYCA_MOSHI_MEMORY_BUDGET_GIB=$budget \
     OUT="$out/served-$kv-$context" bench/device_serve.sh "$slots" "$slots" | tee "$out/served-$kv-$context.txt"
 done
+wheels=${WHEELS:-.lab/device-wheels}
+"$python" -c 'import bitsandbytes' 2>/dev/null ||
+  "$python" -m pip install --quiet --no-index --find-links "$wheels" --no-deps bitsandbytes 2>/dev/null
+if [ "$device" = cpu ]; then
+  echo "device_kv: 8-bit weights are refused on CPU (tests/test_model.py shows the reason): left out"
+elif "$python" -c 'import bitsandbytes' 2>/dev/null; then
+  echo "device_kv: 8-bit weights (Kyutai's q8 format, the lab's checkpoint) served on $device ($(date -u +%T))"
+  "$python" -m myca_ops.lab.weights "$out/weights-q8" --quantize >/dev/null || exit 1
+  MYCA_MOSHI_WEIGHTS_DIR=$out/weights-q8 MYCA_MOSHI_DEVICE=$device MYCA_MOSHI_SLOTS=1 MYCA_MOSHI_PORT=8998 \
+    "$python" -m myca_ops.voice.launcher serve --auto >"$out/serve-q8.log" 2>&1 &
+  server=$!
+  if "$python" -m myca_ops.voice.launcher wait --timeout 300; then
+    "$python" -m myca_ops.voice.probe --seconds 5 | tail -1 | tee "$out/probe-q8.json"
+  else
+    tail -5 "$out/serve-q8.log"
+  fi
+  kill $server; wait $server 2>/dev/null
+else
+  echo "device_kv: no bitsandbytes here, the 8-bit step is left out"
+fi
 echo "device_kv: done ($(date -u +%T))"

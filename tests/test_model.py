@@ -225,3 +225,40 @@ def test_a_service_on_a_gpu_its_torch_cannot_run_stops_at_start_naming_the_build
     facts["torch_devices"] = [{"name": "NVIDIA GeForce RTX 5090", "capability": "12.0"}]
     with pytest.raises(ValueError, match="RTX 5090 is sm_120; .*install a torch built for sm_120"):
         model.decide_from_env(model.auto_env({}, facts))
+
+
+def test_an_8bit_checkpoint_in_kyutais_format_is_read_as_moshi_reads_it_and_refused_on_cpu(lab_weights):
+    """The lab's 8-bit checkpoint (moshi's own int8 layers, config.json's quantize, as Kyutai's
+    moshiko-pytorch-q8): the service refuses it on CPU with the reason; moshi's loader reads it,
+    every linear layer of the LM int8 with a scale per row, but casts the scales to bf16, which its
+    int8 layer refuses at the first step; with the scales read again as float32 the LM steps."""
+    import torch
+    from moshi.models import LMGen, loaders
+    from moshi.utils.quantize import QLinear
+
+    from myca_ops.lab.weights import generate
+
+    folder = generate(lab_weights.parent / "weights-q8", quantize=True)
+    with pytest.raises(ValueError, match="served on a CUDA GPU under Linux only, not on device cpu"):
+        model.load({"MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_WEIGHTS_DIR": str(folder)})
+    paths = model.resolve_weights(folder)
+    assert model.quantized(paths) and not model.quantized(model.resolve_weights(lab_weights))
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "local/unused", paths["moshi"], paths["mimi"], paths["tokenizer"], config_path=paths["config"]
+    )
+    torch.set_grad_enabled(False)
+    lm = info.get_moshi(device="cpu", dtype=torch.bfloat16)
+    layers = [m for m in lm.modules() if isinstance(m, QLinear)]
+    assert layers and all(m.weight.dtype == torch.int8 for m in layers)
+
+    def steps(lm) -> list:
+        gen = LMGen(lm, use_sampling=False, support_out_of_sync=True)
+        with gen.streaming(1):
+            return [gen.step(torch.zeros(1, 8, 1, dtype=torch.long))[0, :, 0].tolist() for _ in range(4)]
+
+    with pytest.raises(RuntimeError, match="weight_scb"):
+        steps(lm)
+    model.keep_scales_float(lm, paths["moshi"])
+    assert all(m.weight_scb.dtype == torch.float32 for m in layers)
+    answered = steps(lm)[-1]
+    assert 0 <= answered[0] < lm.text_card and all(0 <= t < lm.card for t in answered[1:])

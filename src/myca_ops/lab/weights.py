@@ -178,10 +178,16 @@ def generate(
     vocab: int = 400,
     context: int | None = None,
     flavour: str = "kyutai",
+    quantize: bool = False,
 ) -> Path:
+    """`quantize`: in Kyutai's 8-bit format (moshiko-pytorch-q8: the LM's linear layers as
+    bitsandbytes int8 weights with a scale per row, config.json's ``quantize``), made by moshi's own
+    code, which needs bitsandbytes here."""
     recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
     if context:
         recipe["context"] = context
+    if quantize:
+        recipe["quantize"] = True
     if flavour != "kyutai":
         recipe["flavour"] = flavour
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +210,8 @@ def generate(
     print(f"[weights] random LM: dim {dim}, {layers} layers, depformer {dim // 2} x {layers}", flush=True)
     if flavour == "personaplex":  # a depformer step per codebook of both streams, as PersonaPlex's
         config["dep_q"] = config["n_q"]
+    if quantize:
+        config["quantize"] = True  # moshi makes every linear layer of the LM a bitsandbytes int8 one
     lm = loaders.get_moshi_lm(None, lm_kwargs=config, device="cpu", dtype=torch.float32)
     if flavour == "personaplex":
         save_file(personaplex_layout(lm.state_dict()), str(out / MOSHI_FILE))
@@ -237,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=400, help="tokenizer pieces, also the LM's text_card")
     parser.add_argument("--context", type=int, help="the LM's context in frames (default: the 7B's 3000)")
     parser.add_argument("--flavour", choices=["kyutai", "personaplex"], default="kyutai", help="whose layout")
+    parser.add_argument("--quantize", action="store_true", help="Kyutai's 8-bit format (bitsandbytes needed)")
     args = parser.parse_args(argv)
-    generate(args.out, args.seed, args.dim, args.layers, args.vocab, args.context, args.flavour)
+    generate(args.out, args.seed, args.dim, args.layers, args.vocab, args.context, args.flavour, args.quantize)
     return 0
 
 

@@ -145,6 +145,11 @@ def build(dest: Path, python: str = HOSTS_PYTHON, pip: Pip = run_pip) -> list[st
     return [f"torch=={version}", *requirements, moshi]
 
 
+# The control node's own, from the index: bitsandbytes makes and reads the lab's 8-bit checkpoint
+# (moshi's own int8 layers). Lab hosts serve on CPU, where 8-bit weights are refused: not theirs.
+CONTROL_ONLY = ["bitsandbytes==0.50.2"]
+
+
 def install(dest: Path, specs: list[str], pip: Pip = run_pip) -> None:
     *deps, moshi = specs
     # The control node keeps its own aiohttp (the bridge's and the MAS's pin, newer than
@@ -153,6 +158,8 @@ def install(dest: Path, specs: list[str], pip: Pip = run_pip) -> None:
     for args in (deps, ["--no-deps", moshi]):
         if pip(["install", "--quiet", "--no-index", "--find-links", str(dest), *args]) != 0:
             raise WheelhouseError(f"pip install {' '.join(args)} from {dest} failed")
+    if pip(["install", "--quiet", "--no-deps", *CONTROL_ONLY]) != 0:
+        raise WheelhouseError(f"pip install {' '.join(CONTROL_ONLY)} failed: is PyPI reachable?")
 
 
 def main(argv: list[str] | None = None) -> int:

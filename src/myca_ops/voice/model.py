@@ -423,6 +423,49 @@ def moshi_7b_config() -> dict:
         ) from None
 
 
+def quantized(paths: dict[str, Path | None]) -> bool:
+    """Kyutai's 8-bit checkpoint (moshiko-pytorch-q8): its config.json says ``quantize``, and
+    moshi's loader builds its linear layers as bitsandbytes int8 ones (``moshi.utils.quantize``)."""
+    return paths["config"] is not None and bool(json.loads(paths["config"].read_text()).get("quantize"))
+
+
+def check_8bit(device_name: str, personaplex: bool) -> None:
+    """Where 8-bit weights are served, and where they are refused with the reason."""
+    if personaplex:
+        raise ValueError("the checkpoint is 8-bit (config.json quantize): PersonaPlex's loader takes bf16 weights only")
+    if sys.platform == "win32" or not device_name.startswith("cuda"):
+        where = "native Windows" if sys.platform == "win32" else f"device {device_name}"
+        raise ValueError(
+            f"the checkpoint is 8-bit (Kyutai's q8, config.json quantize: bitsandbytes' int8 matmuls), served on a "
+            f"CUDA GPU under Linux only, not on {where}: use the bf16 checkpoint there "
+            "(moshi_hf_repo: kyutai/moshiko-pytorch-bf16), or a Linux GPU host (WSL2 counts)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "the checkpoint is 8-bit (config.json quantize) and bitsandbytes is not installed: moshi installs it "
+            "with its dependencies on Linux (moshi_install_without_deps: false), or add it to moshi_requirements"
+        ) from None
+
+
+def keep_scales_float(lm, weights: Path) -> None:
+    """moshi 0.2.13's loader casts every floating tensor of the file to the model's dtype, the int8
+    layers' scales too, which its QLinear then refuses at the first step ("Expected weight_scb to
+    have type float"): they are read again from the file, as float32."""
+    from moshi.utils.quantize import QLinear
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as stored:
+        names = set(stored.keys())
+        for name, module in lm.named_modules():
+            if isinstance(module, QLinear):
+                key = f"{name}.weight_scb"
+                if key not in names:
+                    raise ValueError(f"{weights} has no {key}: not an 8-bit checkpoint in Kyutai's format")
+                module.weight_scb.data = stored.get_tensor(key).float().to(module.weight_scb.device)
+
+
 # --- PersonaPlex's checkpoint ---------------------------------------------------------------------
 # PersonaPlex is moshiko's LM (the same kwargs) whose depformer has a step per audio codebook of
 # both streams (dep_q 16): it also predicts the caller's next codes, which its server then
@@ -595,6 +638,8 @@ def _load(env: dict[str, str], random_size: str | None) -> Loaded:
         lm = loaders.get_moshi_lm(None, device=where, dtype=dtype, lm_kwargs_overrides=overrides)
         return Loaded(mimi, lm, where, dtype, gen_config)
     paths = resolve_weights(weights_dir(env))
+    if quantized(paths):
+        check_8bit(where, flavour(env) == "personaplex")
     if flavour(env) == "personaplex":
         import sentencepiece
 
@@ -606,6 +651,8 @@ def _load(env: dict[str, str], random_size: str | None) -> Loaded:
     )
     mimi = info.get_mimi(device=where)
     lm = info.get_moshi(device=where, dtype=dtype)
+    if quantized(paths):
+        keep_scales_float(lm, paths["moshi"])
     gen_config.update(info.lm_gen_config)
     return Loaded(mimi, lm, where, dtype, gen_config, info.model_type, info.get_text_tokenizer())
 
