@@ -633,6 +633,33 @@ def test_a_kept_alive_connection_idles_for_the_keep_alive_timeout_and_a_silent_o
             sock.close()
 
 
+def test_past_its_connections_in_all_the_bridge_drops_new_ones_and_takes_them_again_when_some_close(tmp_path, upstream):
+    """max_connections 8: eight silent connections from four addresses fill it; a ninth, from a
+    fifth address, is dropped at once (no answer); with two closed, a caller is served again."""
+    import socket
+
+    with bridge(tmp_path, upstream=upstream, max_connections=8, max_connections_per_address=2) as base:
+        port = int(base.rsplit(":", 1)[1])
+        held = [
+            socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(f"127.0.0.{2 + i // 2}", 0))
+            for i in range(8)
+        ]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.9", 0))
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            dropped = extra.recv(64) == b""
+        except ConnectionError:
+            dropped = True
+        assert dropped
+        for sock in held[:2]:
+            sock.close()
+        time.sleep(0.2)
+        assert http_get(base + "/healthz")[0] == 200
+        for sock in [extra, *held[2:]]:
+            sock.close()
+
+
 def test_the_access_log_never_holds_a_token(tmp_path, upstream):
     async def scenario(base):
         async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, f"?voice=1&token={TOKEN}")) as ws:

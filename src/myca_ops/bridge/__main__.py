@@ -67,7 +67,11 @@ async def run_server(config: BridgeConfig, ssl_context) -> None:
         loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(
         lambda: ConnectionCap(
-            runner.server, open_per_address, config.max_connections_per_address, config.header_timeout_s
+            runner.server,
+            open_per_address,
+            config.max_connections_per_address,
+            config.header_timeout_s,
+            config.max_connections,
         ),
         config.listen_host,
         config.listen_port,

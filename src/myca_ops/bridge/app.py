@@ -501,15 +501,22 @@ class ConnectionCap(asyncio.Protocol):
     between requests: a kept-alive connection cannot be held by a request every few seconds."""
 
     REFUSED_WAIT_S = 2.0  # a refused connection that sends no request in this time is aborted
+    ALL = ("all",)  # the key of every connection's count
 
-    def __init__(self, make_handler, open_per_address: dict, limit: int, first_byte_s: float) -> None:
-        self.make_handler, self.open, self.limit = make_handler, open_per_address, limit
+    def __init__(self, make_handler, open_per_address: dict, limit: int, first_byte_s: float, most: int) -> None:
+        """`most`: connections in all (LimitNOFILE is sized above it, with room for each session's
+        upstream socket): past it a new one is aborted at once, so an admitted caller's upstream
+        connection never meets a process out of file descriptors."""
+        self.make_handler, self.open, self.limit, self.most = make_handler, open_per_address, limit, most
         self.first_byte_s, self.silent = first_byte_s, None
         self.handler, self.peer, self.transport, self.key = None, "", None, None  # key: where it is counted
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
         self.peer, self.transport = (peer[0] if peer else ""), transport
+        if self.open.get(self.ALL, 0) >= self.most:
+            transport.abort()
+            return
         if self.open.get(self.peer, 0) < self.limit:
             self.key = self.peer
             self.silent = asyncio.get_running_loop().call_later(self.first_byte_s, transport.abort)
@@ -522,9 +529,10 @@ class ConnectionCap(asyncio.Protocol):
         self.count(+1)
 
     def count(self, step: int) -> None:
-        self.open[self.key] = self.open.get(self.key, 0) + step
-        if not self.open[self.key]:
-            del self.open[self.key]
+        for key in (self.key, self.ALL):
+            self.open[key] = self.open.get(key, 0) + step
+            if not self.open[key]:
+                del self.open[key]
 
     def data_received(self, data: bytes) -> None:
         if self.silent is not None:  # its first bytes: aiohttp takes the connection from here

@@ -56,6 +56,7 @@ class BridgeConfig:
     # Who sees /metrics and /healthz's details (besides a token holder): networks or host names.
     metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_connections_per_address: int = 16  # open connections per client address, in any state; more get 429
+    max_connections: int = 4096  # open connections in all (the unit's LimitNOFILE is sized above it)
     header_timeout_s: float = 10.0  # a connection that sends nothing in this time is closed
     # From its first byte, a connection's request must be complete, and a kept-alive connection's
     # next one begun, within this: shorter than the gap between an attacker's requests.
@@ -77,6 +78,7 @@ class BridgeConfig:
             "event_queue_size",
             "listen_port",
             "max_connections_per_address",
+            "max_connections",
             "max_frames_per_s",
             "ticket_rate_per_min",
         ):
