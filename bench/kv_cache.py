@@ -72,9 +72,13 @@ def main() -> int:
 
     from myca_ops.voice import kvcache
 
-    loaded = model.load({**base, "MYCA_MOSHI_MEMORY_BUDGET_GIB": "0"}, args.shapes)  # two copies: no budget
-    shrunk = [(kv, context or None) for kv, context in SETTINGS[1:]]
-    agreement = kvcache.agreement(loaded, shrunk, frames=args.frames)
+    if cuda:  # the agreement runs the model twice over: the budget, set for the process above, is lifted
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    loaded = model.load({**base, "MYCA_MOSHI_MEMORY_BUDGET_GIB": "0"}, args.shapes)
+    # One setting at a time beside the reference: two copies of the 7B at once, not five.
+    agreement = [
+        kvcache.agreement(loaded, [(kv, context or None)], frames=args.frames)[0] for kv, context in SETTINGS[1:]
+    ]
 
     budget = f"a {args.budget_gib:g} GiB budget" if cuda else "CPU"
     print(f"{args.shapes}-size shapes, random weights, {args.device}, {budget}")
