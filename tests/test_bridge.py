@@ -660,6 +660,52 @@ def test_past_its_connections_in_all_the_bridge_drops_new_ones_and_takes_them_ag
             sock.close()
 
 
+def test_a_tls_handshake_that_never_comes_is_closed_by_the_header_timeout(tmp_path, upstream):
+    """With TLS, a connection is counted once its handshake is done: one that never starts it is
+    closed after the header timeout (1 s here), not asyncio's 60 s; a real TLS client is served."""
+    import datetime
+    import ipaddress
+    import socket
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signing = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder(subject_name=name, issuer_name=name, public_key=signing.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(signing, hashes.SHA256())
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    settings = {"tls_cert": str(cert), "tls_key": str(key), "header_timeout_s": 1}
+    with bridge(tmp_path, upstream=upstream, **settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        start = time.monotonic()
+        try:
+            assert silent.recv(64) == b""
+        except ConnectionError:
+            pass
+        assert time.monotonic() - start < 4
+        silent.close()
+        context = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=10, context=context) as reply:
+            assert reply.status == 200
+
+
 def test_the_access_log_never_holds_a_token(tmp_path, upstream):
     async def scenario(base):
         async with aiohttp.ClientSession() as http, http.ws_connect(chat_url(base, f"?voice=1&token={TOKEN}")) as ws:

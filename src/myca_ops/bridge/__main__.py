@@ -76,6 +76,8 @@ async def run_server(config: BridgeConfig, ssl_context) -> None:
         config.listen_host,
         config.listen_port,
         ssl=ssl_context,
+        # A TLS handshake comes before the connection is counted: it gets the header timeout, not asyncio's 60 s.
+        **({"ssl_handshake_timeout": config.header_timeout_s} if ssl_context else {}),
     )
     try:
         await stop.wait()

@@ -49,7 +49,7 @@ def forbidden(reason: str) -> Refusal:
 
 class Tickets:
     def __init__(self, keys: tuple[str, ...], ttl_s: float, bridge: str = "", since: float | None = None) -> None:
-        """`bridge`: this bridge's name, which its tickets must carry (""): any); `since`: when this
+        """`bridge`: this bridge's name, which its tickets must carry ("": any); `since`: when this
         bridge started: a ticket issued before may have been used before (None: no such rule)."""
         import jwt  # PyJWT: the bridge's venv has it (bridge_packages)
 
