@@ -59,6 +59,7 @@ from myca_ops.voice.server import Settings, VoiceServer
 class Engine:
     slots, prefilling = 1, {}
     def reset(self, slots): pass
+    def state_bytes(self): return 0
     def tick(self, frames, first): raise RuntimeError("CUDA out of memory (simulated)")
 server = VoiceServer(Settings(slots=1), lambda: (Engine(), None, None))
 server.loop = asyncio.new_event_loop()

@@ -394,11 +394,11 @@ class VoiceServer:
             self.personas = {p.name: self.prompts.make(p.text, p.voice, p.name) for p in self.settings.personas}
             if self.settings.persona_warm:
                 self.warm_personas(engine)
+            self.slot_bytes = engine.state_bytes() // engine.slots
             self.engine = engine  # loaded: /healthz says so, callers are taken
         except Exception:
             fail("loading the model failed")
         slots = self.engine.slots
-        self.slot_bytes = self.engine.state_bytes() // slots
         self.sessions = [None] * slots
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
