@@ -461,13 +461,13 @@ class VoiceServer:
                 inbox.first -= first
                 generations = list(self.generation)
                 measuring = self.measurement
-                free = [k for k, s in enumerate(self.sessions) if s is None and k not in resets]
-                callers = sum(s is not None for s in self.sessions)
+                if measuring:  # the slots no caller holds, read under the lock (a verify's ticks only)
+                    free = [k for k, s in enumerate(self.sessions) if s is None and k not in resets]
+                    measuring.callers = max(measuring.callers, sum(s is not None for s in self.sessions))
             engine.reset(list(resets))
             frames = {k: samples for k, (samples, _) in taken.items()}
             if measuring:
                 free = [k for k in free if k not in engine.prefilling]
-                measuring.callers = max(measuring.callers, callers)
                 talking, new = measuring.frames(free)
                 engine.reset(list(new))  # nothing of an earlier conversation in a measuring slot
                 frames.update(talking)
