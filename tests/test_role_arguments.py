@@ -410,3 +410,25 @@ def test_the_roles_wait_on_nvidias_own_server_leaves_a_callers_persona_alone(tmp
             assert server.personas == ["caller"] and server.connections == 1
         else:  # a handshake wait takes a session: the caller in their prompt now has the wait's persona
             assert server.personas[0] == "You enjoy having a good conversation." and server.connections == 2
+
+
+def test_every_argument_spec_default_is_the_roles_default():
+    """The spec's default is documentation (Ansible sets variables from defaults/main.yml alone):
+    one that differs tells the operator a value the role does not use. A default computed by a
+    template has no literal twin, so its spec describes it instead of giving one."""
+    import yaml
+
+    given, drifted = 0, []
+    for spec in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
+        role = spec.parts[-3]
+        defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+        for entry in yaml.safe_load(spec.read_text())["argument_specs"].values():
+            for name, option in (entry.get("options") or {}).items():
+                if "default" in option:
+                    given += 1
+                    if defaults.get(name, "(none)") != option["default"]:
+                        drifted.append(
+                            f"roles/{role}: {name}: spec {option['default']!r}, defaults/main.yml {defaults.get(name, '(none)')!r}"
+                        )
+    assert given > 200  # the specs were read
+    assert not drifted, "\n".join(drifted)
