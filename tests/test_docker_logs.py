@@ -1,19 +1,26 @@
-"""docker_container_logs: a failing container's last lines come back as it wrote them."""
+"""python_service's last log lines of a container (roles/python_service/tasks/last_log_lines.yml,
+what a failed wait shows): they come back as the container wrote them."""
 
 import subprocess
 
 import pytest
+from test_role_arguments import run_play
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.lab  # needs the Docker engine, which `make lab-image` starts
 
 # A line of 64 characters: with its newline, a frame of 65 bytes, whose size byte is "A" (the
-# regex that stripped control bytes before kept it); a non-ASCII line; stderr between stdout.
+# regex that stripped control bytes before kept it); a non-ASCII line; stderr between stdout;
+# more than the 30 lines the role reads.
 SCRIPT = r"""
-printf 'starting\n'
-printf '%064d\n' 7
-printf 'Température: 42 °C\n'
-printf 'RuntimeError: CUDA out of memory\n' >&2
 for i in $(seq 1 40); do printf 'line %s\n' "$i"; done
+sleep 0.2  # the engine reads the two streams apart: pauses fix the order it keeps between them
+printf '%064d\n' 7
+sleep 0.2
+printf 'RuntimeError: CUDA out of memory\n' >&2
+sleep 0.2
+printf 'Température: 42 °C\n'
 printf 'last\n'
 """
 
@@ -30,21 +37,36 @@ def finished_container():
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
-def test_the_whole_text_in_order(run_module, finished_container):
-    result = run_module("docker_container_logs", {"name": finished_container, "tail": 50})
-    assert result.get("failed") is not True, result
-    lines = result["lines"]
-    # The engine keeps each stream's order; between stdout and stderr, the order it read them in.
-    assert lines.count("RuntimeError: CUDA out of memory") == 1 and len(lines) == 45
-    stdout = [line for line in lines if not line.startswith("RuntimeError")]
-    assert stdout[:3] == ["starting", "0" * 63 + "7", "Température: 42 °C"]
-    assert stdout[-1] == "last"
+def last_log_lines(tmp_path, container: str) -> list[str]:
+    """The role's task file run against this machine's engine, as a docker service's failed wait runs it."""
+    out = tmp_path / "lines.txt"
+    play = tmp_path / "play.yml"
+    play.write_text(f"""
+- hosts: localhost
+  gather_facts: false
+  vars:
+    python_service_manager: docker
+    python_service_processes: [{{process: "{container}"}}]
+  tasks:
+    - ansible.builtin.include_tasks: {ROOT}/roles/python_service/tasks/last_log_lines.yml
+    - ansible.builtin.copy: {{content: "{{{{ python_service_last_log_lines }}}}", dest: "{out}"}}
+""")
+    run = run_play(play)
+    assert run.returncode == 0, run.stdout
+    return out.read_text().splitlines()
 
 
-def test_only_the_last_lines(run_module, finished_container):
-    assert run_module("docker_container_logs", {"name": finished_container, "tail": 2})["lines"] == ["line 40", "last"]
+def test_the_whole_text_in_order(tmp_path, finished_container):
+    lines = last_log_lines(tmp_path, finished_container)
+    assert lines == [f"line {i}" for i in range(15, 41)] + [
+        "0" * 63 + "7",
+        "RuntimeError: CUDA out of memory",
+        "Température: 42 °C",
+        "last",
+    ]
 
 
-def test_a_missing_container_is_named(run_module):
-    result = run_module("docker_container_logs", {"name": "myca-pytest-no-such-container"})
-    assert result["failed"] and "no container myca-pytest-no-such-container" in result["msg"]
+def test_a_missing_container_is_named(tmp_path):
+    assert last_log_lines(tmp_path, "myca-pytest-no-such-container") == [
+        "Error response from daemon: No such container: myca-pytest-no-such-container"
+    ]
