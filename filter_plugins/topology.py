@@ -10,14 +10,14 @@ from roles/*/defaults/main.yml, so each default port is written once, there.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import yaml
 
+# The control node's venv (`make setup`) holds myca_ops, as filter_plugins/myca.py reads it too.
+from myca_ops.voice.model import MAX_SLOTS_AUTO  # the batched server's own cap
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))  # myca_ops from this checkout, whatever runs Ansible
-from myca_ops.voice.model import MAX_SLOTS_AUTO  # noqa: E402  (the batched server's own cap)
 
 GROUPS = ["gpu_hosts", "bridge_hosts", "website_hosts", "mas_hosts", "monitoring_hosts"]
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
