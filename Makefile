@@ -53,11 +53,12 @@ lab: lab-hosts  ## converge site.yml on the lab, then verify (prints the table a
 lab-down: setup  ## remove the lab's hosts
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent
 
-lint: setup  ## yamllint, ansible-lint (production profile), ruff
+lint: setup  ## yamllint, ansible-lint (production profile), ruff, mypy
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The pinned TypeScript compiler the ticket route's test compiles the route with.
 TSC := tests/ts/node_modules/.bin/tsc

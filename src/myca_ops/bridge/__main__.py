@@ -62,7 +62,8 @@ async def run_server(config: BridgeConfig, ssl_context) -> None:
         keepalive_timeout=config.keepalive_timeout_s,  # from a connection's first byte (ConnectionCap)
     )
     await runner.setup()
-    loop, stop, open_per_address = asyncio.get_running_loop(), asyncio.Event(), {}
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    open_per_address: dict = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(
@@ -77,7 +78,7 @@ async def run_server(config: BridgeConfig, ssl_context) -> None:
         config.listen_port,
         ssl=ssl_context,
         # A TLS handshake comes before the connection is counted: it gets the header timeout, not asyncio's 60 s.
-        **({"ssl_handshake_timeout": config.header_timeout_s} if ssl_context else {}),
+        ssl_handshake_timeout=config.header_timeout_s if ssl_context else None,
     )
     try:
         await stop.wait()

@@ -56,7 +56,7 @@ BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long fo
 REFUSAL_CLOSE_S = 0.1
 
 CONFIG = web.AppKey("config", BridgeConfig)
-STATE = web.AppKey("state", "BridgeState")
+STATE: web.AppKey[BridgeState] = web.AppKey("state")
 
 
 class Metrics:
@@ -95,7 +95,7 @@ class BridgeState:
     def __init__(self, config: BridgeConfig) -> None:
         self.metrics = Metrics()
         self.active = 0
-        self.client: aiohttp.ClientSession | None = None
+        self.client: aiohttp.ClientSession  # made at startup (on_startup), closed at cleanup
         self.events = EventSink(
             config.mas_url,
             config.event_queue_size,
@@ -105,9 +105,9 @@ class BridgeState:
         self.health: tuple[float, int, dict] | None = None
         self.health_lock = asyncio.Lock()
         self.metrics_networks = config.metrics_networks()
-        self.upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
-        if self.upstream_ssl is True:  # verified against the system's store: a context health checks share
-            self.upstream_ssl = ssl.create_default_context()
+        upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
+        # True, verified against the system's store: a context health checks share.
+        self.upstream_ssl = ssl.create_default_context() if upstream_ssl is True else upstream_ssl
         self.background: set[asyncio.Task] = set()
         self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
         self.slot_freed = asyncio.Condition()
@@ -460,7 +460,10 @@ async def healthz(request: web.Request) -> web.Response:
                 "version": installed(),
             }
             moshi = await asyncio.to_thread(
-                check, config.upstream, config.connect_timeout_s, state.upstream_ssl or None
+                check,
+                config.upstream,
+                config.connect_timeout_s,
+                state.upstream_ssl if isinstance(state.upstream_ssl, ssl.SSLContext) else None,
             )
             keep = ("status", "source", "slots_used", "slots_total", "mode", "error", "detail")
             body.update(ok=moshi["up"], moshi={k: moshi[k] for k in keep if k in moshi})
@@ -508,8 +511,12 @@ class ConnectionCap(asyncio.Protocol):
         upstream socket): past it a new one is aborted at once, so an admitted caller's upstream
         connection never meets a process out of file descriptors."""
         self.make_handler, self.open, self.limit, self.most = make_handler, open_per_address, limit, most
-        self.first_byte_s, self.silent = first_byte_s, None
-        self.handler, self.peer, self.transport, self.key = None, "", None, None  # key: where it is counted
+        self.first_byte_s = first_byte_s
+        self.silent: asyncio.TimerHandle | None = None
+        self.handler: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport
+        self.peer = ""
+        self.key: str | tuple | None = None  # where it is counted
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -625,6 +632,7 @@ async def mint_ticket(request: web.Request) -> web.Response:
             text=f"at most {config.ticket_rate_per_min} tickets a minute per address\n",
             headers={**cors, "Retry-After": "60"},
         )
+    assert state.tickets is not None  # the route needs ticket keys (BridgeConfig refuses it without)
     ticket = state.tickets.mint(origin, persona)
     return web.json_response({"ticket": ticket, "expires_in": int(config.ticket_ttl_s)}, headers=cors)
 

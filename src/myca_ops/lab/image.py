@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 IMAGE_REPO = "myca-lab"
@@ -56,7 +57,7 @@ def recipe_hash() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES, environ: dict | None = None) -> str:
+def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES, environ: Mapping[str, str] | None = None) -> str:
     """The Debian archive to bootstrap from: the operator's MIRROR_VARIABLE, else the first
     Debian archive URI in this machine's apt sources (one-line or deb822)."""
     environ = os.environ if environ is None else environ

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Need:
     what: str  # what it is for, in the README's words
     debian: str  # the package on Debian
     ubuntu: str  # the package on Ubuntu ("snap:NAME" for a snap)
-    present: object  # () -> bool
+    present: Callable[[], bool]
     lab: bool = True  # needed by the lab and the tests only, not to deploy
 
 

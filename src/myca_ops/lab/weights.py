@@ -23,6 +23,7 @@ import random
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from myca_ops.voice.model import CONFIG_FILE, MIMI_FILE, MOSHI_FILE, TOKENIZER_FILE, moshi_7b_config
 
@@ -115,7 +116,8 @@ def personaplex_layout(state: dict) -> dict:
     projections stacked in one matrix (in_proj_weight, out_proj.weight)."""
     import torch
 
-    out, stacks = {}, {}
+    out: dict = {}
+    stacks: dict = {}
     for key, tensor in state.items():
         m = re.match(r"^(.*\.self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$", key)
         if m:
@@ -183,7 +185,7 @@ def generate(
     """`quantize`: in Kyutai's 8-bit format (moshiko-pytorch-q8: the LM's linear layers as
     bitsandbytes int8 weights with a scale per row, config.json's ``quantize``), made by moshi's own
     code, which needs bitsandbytes here."""
-    recipe = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
+    recipe: dict[str, Any] = {"version": RECIPE_VERSION, "seed": seed, "dim": dim, "layers": layers, "vocab": vocab}
     if context:
         recipe["context"] = context
     if quantize:

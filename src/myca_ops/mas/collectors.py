@@ -24,6 +24,7 @@ import subprocess
 import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -46,7 +47,7 @@ class HostCollector:
         meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         kib = {k: int(meminfo[k].split()[0]) for k in ("MemTotal", "MemAvailable")}
         disk = shutil.disk_usage("/")
-        sample = {
+        sample: dict[str, Any] = {
             "cpus": os.cpu_count(),
             "load1": load1,
             "load5": load5,

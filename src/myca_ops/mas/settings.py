@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class Settings:
         return 3 * self.collector_interval_s + self.check_timeout_s
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         dsn = env.get("MYCA_MAS_DSN", "")
         if not dsn.startswith(("postgresql://", "postgres://")):

@@ -29,6 +29,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from myca_ops.bridge.events import SIGNATURE, signature_problem
@@ -49,7 +50,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
-class BackupCollector:
+class BackupCollector(Collector):
     """The last successful backup (myca-mas backup's last-backup.json), read at each scrape. Before
     the first its time is 0, so the backup-age alert fires until one succeeds."""
 
@@ -173,7 +174,7 @@ class Stack:
                 n: dict(unknown) for n in self.settings.collectors
             }
         database = {"ok": True, "latency_ms": round((time.perf_counter() - t0) * 1000, 2), "error": None}
-        collectors = {
+        collectors: dict[str, dict] = {
             n: {"state": "missing", "last_heartbeat_age_s": None, "backlog": None} for n in self.settings.collectors
         }
         for row in rows:

@@ -224,8 +224,8 @@ def deploy(
         hosts.setdefault(host, HostResult()).unreachable = max(hosts[host].unreachable, 1)
     reports = {}
     for name in ("verify", "loadtest", "status"):
-        path = artifacts / "report" / f"{name}.json"
-        reports[name] = json.loads(path.read_text()) if path.exists() else None
+        report = artifacts / "report" / f"{name}.json"
+        reports[name] = json.loads(report.read_text()) if report.exists() else None
     errors = ansible_errors(runner.stdout.read()) if runner.rc != 0 else []
     return DeployResult(
         runner.rc,

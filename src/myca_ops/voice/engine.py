@@ -24,8 +24,12 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from myca_ops.voice.protocol import FRAME_SAMPLES
+
+if TYPE_CHECKING:
+    from myca_ops.voice.persona import Prompt
 
 STAGES = ("encode", "lm_step", "decode")
 PREFILL_TICK_MS = 60.0  # extra prompt steps only while a tick with talking slots stays under this
@@ -33,9 +37,9 @@ PREFILL_TICK_MS = 60.0  # extra prompt steps only while a tick with talking slot
 
 @dataclass
 class SlotOutput:
-    codes: object  # Mimi's codes for the frame, (8,) int64 numpy
-    tokens: object | None  # the LM's (text, 8 audio) tokens, (9,) int64 numpy; None during the delay
-    pcm: object | None  # 1920 decoded samples, float32 numpy; None during the delay
+    codes: Any  # Mimi's codes for the frame, (8,) int64 numpy
+    tokens: Any  # the LM's (text, 8 audio) tokens, (9,) int64 numpy; None during the delay
+    pcm: Any  # 1920 decoded samples, float32 numpy; None during the delay
 
 
 @dataclass
@@ -76,6 +80,18 @@ class ReplayInput:
         return self.torch.where(self.mask, self.embedding.to(out.dtype), out)
 
 
+@dataclass
+class Prefill:
+    """A slot on its way through a prompt (SlotEngine.prefill), on the engine's device."""
+
+    prompt: Prompt
+    forced: Any  # (steps, 1 + audio codebooks): the tokens written into the model's channels, -1 none
+    user: Any  # (codebooks,): the caller's channel meanwhile (the sine frame)
+    replay: Any  # a .pt voice's input embeddings, (steps, dim), or None
+    restore: Any  # the slot's token cache column after the replayed steps, or None
+    step: int = 0  # the next of `forced` to write
+
+
 class SlotEngine:
     def __init__(self, mimi, lm_gen, slots: int, device: str, prefill_steps: int = 4, replay: bool = False) -> None:
         import torch
@@ -92,8 +108,7 @@ class SlotEngine:
         self.steps = [0] * slots  # LM steps since the slot's reset; output starts after max_delay
         self.cuda = device.startswith("cuda")
         self.prefill_steps = max(1, prefill_steps)  # a prefilling slot's LM steps per tick
-        # slot: [Prompt, next step, its forced and user tokens, replayed embeddings, restored tokens] on the device
-        self.prefilling: dict[int, list] = {}
+        self.prefilling: dict[int, Prefill] = {}  # by slot
         self.prefilled: list[tuple] = []  # (slot, Prompt) whose prompt ended in the last tick
         self.last_tick: tuple[float, float] | None = None  # (ms without extra prompt steps, ms per LM step)
         self._rows, self._rings = self._slot_tensors()
@@ -119,7 +134,7 @@ class SlotEngine:
         modules = [self.lm_gen, *self.lm_gen.lm_model.modules(), *self.mimi.modules()]
         return sum(size(m._streaming_state) for m in modules if getattr(m, "_streaming_state", None) is not None)
 
-    def _slot_tensors(self) -> tuple[list, list]:
+    def _slot_tensors(self) -> tuple[dict, list]:
         """Where the LM's per-slot streaming tensors live, as (holder, attribute): rows (batch
         first: token buffers, offsets) and the ring KV caches (2, batch, heads, capacity, dim or 1),
         whose filled positions are 0..steps-1.  Read at each use: moshi replaces some (offsets)."""
@@ -172,7 +187,7 @@ class SlotEngine:
             getattr(holder, name)[:, slot, :, : state.steps].copy_(saved)
         self.steps[slot] = state.steps
 
-    def prefill(self, slot: int, prompt) -> None:
+    def prefill(self, slot: int, prompt: Prompt) -> None:
         """Step this (reset) slot through `prompt` in the next ticks; it is in `prefilled` after
         the tick that ends it.  The slot takes no audio meanwhile."""
         torch = self.torch
@@ -184,7 +199,7 @@ class SlotEngine:
                 raise ValueError(f"{prompt.label}: a .pt voice needs an engine made with replay=True")
             replay = torch.from_numpy(prompt.replay).to(self.device, self.replay.embedding.dtype)
             restore = torch.from_numpy(prompt.restore).to(self.device)
-        self.prefilling[slot] = [prompt, 0, forced, user, replay, restore]
+        self.prefilling[slot] = Prefill(prompt, forced, user, replay, restore)
 
     def close(self) -> None:
         """Free the slots' state (KV caches, codec buffers); the models can make another engine."""
@@ -192,7 +207,7 @@ class SlotEngine:
         if self.replay is not None:
             self.replay.remove()
 
-    def _mask(self, members) -> object:
+    def _mask(self, members) -> Any:
         mask = self.torch.zeros(self.slots, dtype=self.torch.bool)
         mask[list(members)] = True
         return mask.to(self.device)
@@ -239,7 +254,7 @@ class SlotEngine:
             extra += 1
         ready = [k for k in active if self.steps[k] > self.max_delay]
         clock.mark()
-        pcm = None
+        pcm: Any = None
         if ready:
             ready_mask = self._mask(ready)
             self.mimi.set_exec_mask(ready_mask)
@@ -288,11 +303,11 @@ class SlotEngine:
         if prefilling:
             codes = codes.clone()
             for k in prefilling:
-                codes[k, :, 0] = self.prefilling[k][3]
+                codes[k, :, 0] = self.prefilling[k].user
         if self.replay is not None:
             self.replay.mask.zero_()
             for k in prefilling:
-                replay, step = self.prefilling[k][4], self.prefilling[k][1]
+                replay, step = self.prefilling[k].replay, self.prefilling[k].step
                 if replay is not None and step < len(replay):
                     self.replay.mask[k] = True
                     self.replay.embedding[k, 0] = replay[step]
@@ -305,14 +320,14 @@ class SlotEngine:
             width, ring = self.lm_gen.lm_model.dep_q + 1, cache.shape[2]
             for k in prefilling:
                 entry = self.prefilling[k]
-                forced, position = entry[2][entry[1]], self.steps[k] % ring
+                forced, position = entry.forced[entry.step], self.steps[k] % ring
                 cache[k, :width, position] = self.torch.where(forced >= 0, forced, cache[k, :width, position])
-                if entry[4] is not None and entry[1] == len(entry[4]) - 1:  # the voice's last replayed step
-                    cache[k, :, position] = entry[5]
-                entry[1] += 1
-                if entry[1] == len(entry[2]):
+                if entry.replay is not None and entry.step == len(entry.replay) - 1:  # the voice's last replayed step
+                    cache[k, :, position] = entry.restore
+                entry.step += 1
+                if entry.step == len(entry.forced):
                     del self.prefilling[k]
-                    self.prefilled.append((k, entry[0]))
+                    self.prefilled.append((k, entry.prompt))
         return tokens
 
 
@@ -320,7 +335,8 @@ class StageClock:
     """Stage boundaries: CUDA events on a GPU (no host sync inside the tick), perf_counter on CPU."""
 
     def __init__(self, torch, cuda: bool):
-        self.torch, self.cuda, self.marks = torch, cuda, []
+        self.torch, self.cuda = torch, cuda
+        self.marks: list = []
         self.mark()
 
     def mark(self) -> None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # NVML's clock event reasons that slow a busy GPU down (idle, application clocks and sync boost
 # are not trouble): the bit, and the label the metric gives it.
@@ -83,7 +84,7 @@ class Gpus:
         return out
 
 
-class GpuCollector:
+class GpuCollector(Collector):
     """Prometheus series from a fresh reading at each scrape (registered on Moshi's /metrics)."""
 
     def __init__(self, gpus: Gpus) -> None:

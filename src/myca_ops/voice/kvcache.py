@@ -163,15 +163,15 @@ def agreement(loaded, settings: list[tuple[str, int | None]], frames: int = 500,
             engine.close()
     names = ["text", *(f"audio {i + 1}" for i in range(loaded.lm.dep_q))]
     out = []
-    for (kv_dtype, context), equal in zip(settings, same, strict=True):
-        equal = np.array(equal)
+    for (kv_dtype, context), steps in zip(settings, same, strict=True):
+        hits = np.array(steps)
         out.append(
             {
                 "kv_dtype": kv_dtype,
                 "context": context,
-                "frames": len(equal),
-                "per_channel": dict(zip(names, (round(float(x), 4) for x in equal.mean(axis=0)), strict=True)),
-                "all": round(float(equal.all(axis=1).mean()), 4),
+                "frames": len(hits),
+                "per_channel": dict(zip(names, (round(float(x), 4) for x in hits.mean(axis=0)), strict=True)),
+                "all": round(float(hits.all(axis=1).mean()), 4),
             }
         )
     return out

@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from myca_ops.envfile import read_env_file
 from myca_ops.voice import gpu as gpu_health
@@ -92,7 +93,7 @@ def measure_slots(loaded: model.Loaded, slots: int, ticks: int, warmup: int) -> 
     before = torch.cuda.memory_allocated() if cuda else 0
     engine = loaded.engine(slots)
     times = time_ticks(engine, slots, ticks, warmup)
-    row = {"slots": slots, "stages": {stage: summary(values) for stage, values in times.items()}}
+    row: dict[str, Any] = {"slots": slots, "stages": {stage: summary(values) for stage, values in times.items()}}
     row["samples_ms"] = [round(ms, 2) for ms in times["total"]]  # the verify report draws them
     row["slot_mib"] = round((torch.cuda.memory_allocated() - before) / 2**20 / slots, 1) if cuda else None
     engine.close()
@@ -357,7 +358,12 @@ def from_service_log(env: dict[str, str], unit: str, since: str) -> dict:
     decision = model.decide_from_env(env)
     frames = parse_service_log(journal.stdout)
     total = summary(frames)
-    row = {"slots": 1, "mode": decision.mode, "label": f"{decision.mode}, journal", "stages": {"total": total}}
+    row: dict[str, Any] = {
+        "slots": 1,
+        "mode": decision.mode,
+        "label": f"{decision.mode}, journal",
+        "stages": {"total": total},
+    }
     row["samples_ms"] = [round(ms, 2) for ms in frames]
     p99 = total["p99"]
     row["realtime"] = p99 is not None and p99 <= FRAME_BUDGET_MS

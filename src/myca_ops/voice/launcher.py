@@ -34,7 +34,7 @@ SERVERS = ("batched", "upstream")
 VOICES_ARCHIVE = "voices.tgz"
 
 
-def server_argv(env: dict[str, str], weights: dict[str, Path | None], config_path: Path) -> list[str]:
+def server_argv(env: dict[str, str], weights: model.WeightPaths, config_path: Path) -> list[str]:
     personaplex = model.flavour(env) == "personaplex"
     argv = [
         "moshi.server",
@@ -176,7 +176,9 @@ def unpack_voices(archive: Path, dest: Path) -> int:
             files.append((member, parts[1]))
         dest.mkdir(parents=True, exist_ok=True)
         for member, name in files:
-            (dest / name).write_bytes(tar.extractfile(member).read())
+            data = tar.extractfile(member)
+            assert data is not None  # a file, checked above
+            (dest / name).write_bytes(data.read())
     return len(files)
 
 

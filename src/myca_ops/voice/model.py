@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
 
@@ -374,13 +375,18 @@ def weights_dir(env: dict[str, str]) -> Path:
     return Path(env.get("MYCA_MOSHI_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
 
 
-def resolve_weights(folder: Path) -> dict[str, Path | None]:
-    paths: dict[str, Path | None] = {
-        "moshi": folder / MOSHI_FILE,
-        "mimi": folder / MIMI_FILE,
-        "tokenizer": folder / TOKENIZER_FILE,
-    }
-    missing = [str(p) for p in paths.values() if not p.is_file()]
+class WeightPaths(TypedDict):
+    moshi: Path
+    mimi: Path
+    tokenizer: Path
+    config: Path | None  # config.json, when the checkpoint has one
+
+
+def resolve_weights(folder: Path) -> WeightPaths:
+    paths = WeightPaths(
+        moshi=folder / MOSHI_FILE, mimi=folder / MIMI_FILE, tokenizer=folder / TOKENIZER_FILE, config=None
+    )
+    missing = [str(p) for p in (paths["moshi"], paths["mimi"], paths["tokenizer"]) if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"missing weight file(s): {', '.join(missing)}; re-run the moshi role "
@@ -396,7 +402,7 @@ def resolve_weights(folder: Path) -> dict[str, Path | None]:
     return paths
 
 
-def config_or_default(weights: dict[str, Path | None]) -> Path:
+def config_or_default(weights: WeightPaths) -> Path:
     """The checkpoint's config.json; for a legacy checkpoint without one, moshi's 7B config
     written to a temporary file (else moshi would ask the hub for config.json)."""
     if weights["config"] is not None:
@@ -423,7 +429,7 @@ def moshi_7b_config() -> dict:
         ) from None
 
 
-def quantized(paths: dict[str, Path | None]) -> bool:
+def quantized(paths: WeightPaths) -> bool:
     """Kyutai's 8-bit checkpoint (moshiko-pytorch-q8): its config.json says ``quantize``, and
     moshi's loader builds its linear layers as bitsandbytes int8 ones (``moshi.utils.quantize``)."""
     return paths["config"] is not None and bool(json.loads(paths["config"].read_text()).get("quantize"))
@@ -504,7 +510,7 @@ def own_stream(state: dict, keep: int = OWN_CODEBOOKS) -> dict:
     return kept
 
 
-def personaplex_lm(paths: dict[str, Path | None], device_name: str, dtype):
+def personaplex_lm(paths: WeightPaths, device_name: str, dtype):
     """PersonaPlex's LM with the model's own depformer steps (own_stream). Its kwargs: the
     checkpoint's config.json when that is moshi's kind (has `dim`), else moshiko's 7B, which
     PersonaPlex's own loader hard-codes."""
@@ -534,13 +540,13 @@ def dtype_for(device_name: str, half: bool):
 class Loaded:
     """One loaded model: Mimi, the LM and what makes an LMGen for B slots."""
 
-    mimi: object
-    lm: object
+    mimi: Any
+    lm: Any
     device: str
-    dtype: object
+    dtype: Any
     gen_config: dict
     model_type: str = "moshi"
-    tokenizer: object = None  # sentencepiece; None for random weights
+    tokenizer: Any = None  # sentencepiece; None for random weights
     budget_bytes: int = 0  # of the GPU this process may take (memory_budget); 0: all of it
 
     def lm_gen(self, batch: int):

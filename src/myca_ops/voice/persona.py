@@ -24,6 +24,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from myca_ops.voice.protocol import FRAME_SAMPLES, SAMPLE_RATE
 
@@ -99,12 +100,12 @@ class Prompt:
 
     key: tuple  # (text, voice): equal keys, equal state
     label: str  # the persona's name, or "client prompt"
-    forced: object  # (steps, 1 + audio codebooks) int64 numpy
-    user: object  # (codebooks,) int64 numpy
+    forced: Any  # (steps, 1 + audio codebooks) int64 numpy
+    user: Any  # (codebooks,) int64 numpy
     # A .pt voice: the LM's input embeddings of its first steps, (steps, dim) float32 numpy, in
     # place of tokens; then the slot's token cache column at the step after them, (codebooks + 1,).
-    replay: object = None
-    restore: object = None
+    replay: Any = None
+    restore: Any = None
 
     @property
     def steps(self) -> int:
@@ -122,7 +123,7 @@ class Prompts:
 
         self.np, self.tokenizer, self.delays, self.context = np, tokenizer, list(delays), context
         self.sine, self.silence = np.asarray(SINE_TOKENS, np.int64), np.asarray(SILENCE_TOKENS, np.int64)
-        self.voices: dict[str, object] = {}  # a WAV's Mimi codes, (frames, codebooks)
+        self.voices: dict[str, Any] = {}  # a WAV's Mimi codes, (frames, codebooks)
         self.replays: dict[str, tuple] = {}  # a .pt voice's (embeddings, token cache)
         if voices_dir is not None and voices_dir.is_dir():
             for path in sorted(voices_dir.glob(f"*{WAV}")):

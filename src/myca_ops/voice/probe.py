@@ -27,7 +27,8 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from myca_ops.voice.protocol import AUDIO, HANDSHAKE, SAMPLE_RATE, TEXT, client_ssl
 from myca_ops.voice.stats import summary
@@ -184,13 +185,14 @@ async def chat_session(
         headers["Origin"] = origin
     target = yarl.URL(url).update_query(ticket=ticket) if ticket else url
 
+    # aiohttp<3.11 (in NVIDIA's PersonaPlex server's venv) takes the close timeout in seconds
+    ws_timeout: Any = aiohttp.ClientWSTimeout(ws_close=timeout) if hasattr(aiohttp, "ClientWSTimeout") else timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout)) as session:
         async with session.ws_connect(
             target,
             ssl=client_ssl(url, cafile, verify_tls),
             max_msg_size=0,
-            # aiohttp<3.11 (in NVIDIA's PersonaPlex server's venv) takes the close timeout in seconds
-            timeout=aiohttp.ClientWSTimeout(ws_close=timeout) if hasattr(aiohttp, "ClientWSTimeout") else timeout,
+            timeout=ws_timeout,
             headers=headers or None,
         ) as ws:
             first = await ws.receive(timeout=timeout)
@@ -298,7 +300,8 @@ def crowd(
     import multiprocessing
     import queue
 
-    ready, results = multiprocessing.Barrier(callers), multiprocessing.Queue()
+    ready = multiprocessing.Barrier(callers)
+    results: multiprocessing.Queue = multiprocessing.Queue()
     procs = [
         multiprocessing.Process(
             target=_crowd_caller, args=(ready, results, i, url, seconds, stagger_s, start_at, kwargs), daemon=True
@@ -427,6 +430,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = 
         (i / SAMPLE_RATE, encode(audio[i : i + SEND_FRAME])) for i in range(0, len(audio) - SEND_FRAME + 1, SEND_FRAME)
     ]
     pages = [(t, bytes([AUDIO]) + page) for t, page in pages if page]
+    received: Callable[[bytes], int]
     if timing_only:
         clock = GranuleClock()
         received = clock.samples
@@ -494,7 +498,7 @@ async def _stream(ws, sphn, seconds: float, drain_s: float, timing_only: bool = 
     underruns = underrun_times([(t, n * PLAYBACK_RATE // SAMPLE_RATE) for t, n in decoded])
     gaps = [(b[0] - a[0]) * 1000 for a, b in zip(decoded, decoded[1:], strict=False)]
     first = decoded[0][0] if decoded else None
-    audio_wall = (decoded[-1][0] - first) + decoded[-1][1] / SAMPLE_RATE if decoded else 0.0
+    audio_wall = (decoded[-1][0] - decoded[0][0]) + decoded[-1][1] / SAMPLE_RATE if decoded else 0.0
     received_s = audio_samples / SAMPLE_RATE
     return {
         "wall_s": round(wall, 3),

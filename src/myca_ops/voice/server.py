@@ -46,6 +46,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -71,7 +72,7 @@ MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): mor
 PAST_CONTEXT = ("wrap", "end")
 PREFILL_TIMEOUT_S = 60.0  # a prompt slower than this on its way to the handshake is a fault, said in the close
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
-STATE = web.AppKey("state", "VoiceServer")
+STATE: web.AppKey[VoiceServer] = web.AppKey("state")
 
 
 @dataclass(frozen=True)
@@ -243,13 +244,13 @@ class Session:
     slot: int
     generation: int
     queue: asyncio.Queue
-    tokenizer: object
-    transport: object  # the connection's, to see what the client has not taken yet
+    tokenizer: Any
+    transport: Any  # the connection's, to see what the client has not taken yet
     buffer_limit: int
     refused: asyncio.Future  # set to (outcome, code, reason) when the caller's audio cannot be read
-    sid: int = -1  # the session's Opus streams (Codec)
+    ready: asyncio.Future  # set to how the prompt was made ("cache", "prefill", "none") when it is
     prompt: Prompt | None = None  # the persona the slot is stepped through before the handshake
-    ready: asyncio.Future | None = None  # set to how the prompt was made ("cache", "prefill") when it is
+    sid: int = -1  # the session's Opus streams (Codec)
     encoding: int = 0  # answer frames with the codec: their room in the queue is kept for them
     dropped: int = 0
 
@@ -257,7 +258,7 @@ class Session:
         """The client is not reading: its queue is full, or its socket's buffers are."""
         unsent = self.transport.get_write_buffer_size() if self.transport else 0
         room = self.queue.maxsize - self.queue.qsize() - 2 * self.encoding  # an audio and a text message each
-        return room < 2 or (self.buffer_limit and unsent > self.buffer_limit)
+        return room < 2 or bool(self.buffer_limit and unsent > self.buffer_limit)
 
     def answer(self, output, metrics: Metrics, codec: Codec) -> None:
         """Encode one answer frame (audio, then its text), or drop it whole when the client is behind.
@@ -311,7 +312,7 @@ class Measurement:
     ticks: int
     warmup: int
     done: asyncio.Future
-    audio: object = None  # speech-like samples, cycled through
+    audio: Any = None  # speech-like samples, cycled through
     talking: set = field(default_factory=set)  # the free slots it talks in now
     ran: int = 0  # ticks so far, warm-up included
     callers: int = 0  # the most callers talking beside it
@@ -349,6 +350,11 @@ def device_facts(device: str) -> dict:
 
 
 class VoiceServer:
+    # Set before any caller is served: the loop and the codec at startup, the prompts at load.
+    loop: asyncio.AbstractEventLoop
+    codec: Codec
+    prompts: Prompts
+
     def __init__(self, settings: Settings, build) -> None:
         """`build()` loads the model and returns (SlotEngine, text tokenizer); it runs off the event loop."""
         self.settings, self.build = settings, build
@@ -356,7 +362,6 @@ class VoiceServer:
         self.engine: SlotEngine | None = None
         self.start_s: float | None = None  # seconds from the launcher's start to the first caller taken
         self.tokenizer = None
-        self.prompts: Prompts | None = None
         self.personas: dict[str, Prompt] = {}
         self.states: dict[tuple, SlotState] = {}  # a configured persona's state after its prompt
         self.sessions: list[Session | None] = []
@@ -365,8 +370,6 @@ class VoiceServer:
         self.inbox = Inbox()
         self.ticks: deque = deque()  # (monotonic end, total ms) over HEALTH_WINDOW_S
         self.stopping = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.codec: Codec | None = None  # made on the event loop, before the model loads
         self.freed = asyncio.Event()  # set (and replaced) each time a slot is freed, on the event loop
         self.slot_bytes: int | None = None  # each slot's streaming state (KV caches, codec buffers)
         self.measurement: Measurement | None = None  # a verify's, while it runs (POST /api/measure)
@@ -398,7 +401,7 @@ class VoiceServer:
             self.engine = engine  # loaded: /healthz says so, callers are taken
         except Exception:
             fail("loading the model failed")
-        slots = self.engine.slots
+        slots = engine.slots
         self.sessions = [None] * slots
         self.generation = [0] * slots
         self.inbox.frames = [deque() for _ in range(slots)]
@@ -439,6 +442,7 @@ class VoiceServer:
 
     def run_model(self) -> None:
         engine, inbox = self.engine, self.inbox
+        assert engine is not None  # load() set it
         while True:
             with self.lock:
                 while not (
@@ -492,7 +496,7 @@ class VoiceServer:
                 if taken and self.settings.past_context == "end":
                     full = [k for k in taken if engine.context and engine.steps[k] >= engine.context]
                     if full:
-                        self.loop.call_soon_threadsafe(self.end_at_context, full, generations)
+                        self.loop.call_soon_threadsafe(self.end_at_context, full, generations, engine.context)
                 if taken:
                     done = time.monotonic()
                     self.record(stages, done, [done - complete for _, complete in taken.values()])
@@ -510,9 +514,15 @@ class VoiceServer:
             return
         with self.lock:
             self.measurement = None
+        assert self.engine is not None and self.slot_bytes is not None  # ticking: loaded
         self.engine.reset(sorted(measuring.talking))
         report = measuring.report(self.engine.slots, self.slot_bytes, self.settings)
-        self.loop.call_soon_threadsafe(lambda: measuring.done.done() or measuring.done.set_result(report))
+
+        def answer() -> None:
+            if not measuring.done.done():
+                measuring.done.set_result(report)
+
+        self.loop.call_soon_threadsafe(answer)
 
     async def measure(self, ticks: int, warmup: int) -> dict | None:
         """On the event loop: the figures of a measurement of `ticks` ticks, or None while one runs."""
@@ -556,10 +566,10 @@ class VoiceServer:
             if session is not None and session.generation == generations[k] and not session.ready.done():
                 session.ready.set_result(how)
 
-    def end_at_context(self, slots: list[int], generations: list[int]) -> None:
+    def end_at_context(self, slots: list[int], generations: list[int], context: int | None) -> None:
         """On the event loop: these slots' sessions have filled the model's context; those with a
         persona end (moshi_past_context: end) before their prompt leaves the model's window."""
-        seconds = self.engine.context * FRAME_SAMPLES / SAMPLE_RATE
+        seconds = (context or 0) * FRAME_SAMPLES / SAMPLE_RATE
         for k in slots:
             session = self.sessions[k]
             if session is not None and session.generation == generations[k] and session.prompt is not None:
@@ -727,11 +737,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     def make(slot: int, generation: int) -> Session:
         loop = asyncio.get_running_loop()
-        queue, refused, ready = asyncio.Queue(settings.send_queue), loop.create_future(), loop.create_future()
+        queue: asyncio.Queue = asyncio.Queue(settings.send_queue)
+        refused, ready = loop.create_future(), loop.create_future()
         session = Session(
-            slot, generation, queue, server.tokenizer, request.transport, settings.send_buffer_bytes, refused
+            slot, generation, queue, server.tokenizer, request.transport, settings.send_buffer_bytes, refused, ready
         )
-        session.prompt, session.ready = prompt, ready
+        session.prompt = prompt
         if prompt is None:
             ready.set_result("none")
         session.sid = server.codec.open(session)
