@@ -117,7 +117,7 @@ def test_a_voice_file_puts_the_slot_in_the_state_its_audio_does(personaplex):
     eng.reset([0, 1, 2])
     for slot, voice in enumerate(("myca.wav", "myca.pt", "field.pt")):
         eng.prefill(slot, prompts.make(MYCA, voice, voice))
-    assert eng.prefilling[1][4] is not None and eng.prefilling[0][4] is None
+    assert eng.prefilling[1].replay is not None and eng.prefilling[0].replay is None
     while eng.prefilling:
         eng.tick({})
     got = talk(eng, dict.fromkeys(range(3), SPEECH))
