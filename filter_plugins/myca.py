@@ -28,8 +28,8 @@ def voice_ticket(keys, origin: str, bridge: str = "", ttl_s: float = 60) -> str:
 
 
 def merged_load(shares: list) -> dict:
-    """One load test from the shares its caller hosts ran (myca_ops.voice.probe.merge)."""
-    from myca_ops.voice.probe import merge
+    """One load test from the shares its caller hosts ran (myca_ops.voice.loadtest.merge)."""
+    from myca_ops.voice.loadtest import merge
 
     return merge(list(shares))
 

@@ -334,16 +334,18 @@ def main():
         module.fail_json(msg="seconds must be positive")
     if p["callers"] < 1 or p["stagger_s"] < 0:
         module.fail_json(msg="callers must be at least 1 and stagger_s 0 or more")
-    args = ["-m", "myca_ops.voice.probe", "--url", p["url"], "--seconds", str(p["seconds"])]
+    load_test = (p["callers"] > 1 or p["first_caller"] or p["start_at"]) and not module.check_mode
+    program = "myca_ops.voice.loadtest" if load_test else "myca_ops.voice.probe"
+    args = ["-m", program, "--url", p["url"], "--seconds", str(p["seconds"])]
     args += ["--cafile", p["cafile"]] if p["cafile"] else []
     args += [] if p["validate_certs"] else ["--insecure"]
     args += ["--handshake-only"] if module.check_mode else []
-    if (p["callers"] > 1 or p["first_caller"] or p["start_at"]) and not module.check_mode:
+    if load_test:
         args += ["--callers", str(p["callers"]), "--stagger", str(p["stagger_s"]), "--first", str(p["first_caller"])]
         args += ["--start-at", repr(p["start_at"])] if p["start_at"] else []
     if p["ticket"] and p["callers"] > 1:
         module.fail_json(msg="a ticket opens one session: use a service token (token) for callers > 1")
-    args += ["--origin", p["origin"]] if p["origin"] else []
+    args += ["--origin", p["origin"]] if p["origin"] and not load_test else []  # with a ticket: one caller
     env = {"MYCA_PROBE_TOKEN": p["token"] or "", "MYCA_PROBE_TICKET": p["ticket"] or ""}
     result = run_json(module, p["python"], args, p["timeout"], env=env)
     if result["error"]:

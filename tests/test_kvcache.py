@@ -18,7 +18,7 @@ LAB = {"MYCA_MOSHI_DEVICE": "cpu", "MYCA_MOSHI_GREEDY": "1"}
         ({"MYCA_MOSHI_KV_DTYPE": "int4"}, "expected one of model, int8, fp8 (moshi_kv_dtype)"),
         ({"MYCA_MOSHI_CONTEXT_FRAMES": "a minute"}, "must be a whole number of frames, got 'a minute'"),
         ({"MYCA_MOSHI_CONTEXT_FRAMES": "10"}, "at least 64 frames (5 s), or 0 for the checkpoint's own"),
-        ({"MYCA_MOSHI_MEMORY_BUDGET_GIB": "-2"}, "a number of GiB, 0 for the whole GPU"),
+        ({"MYCA_MOSHI_MEMORY_BUDGET_GIB": "-2"}, "MYCA_MOSHI_MEMORY_BUDGET_GIB must be 0 or more, got '-2'"),
     ],
 )
 def test_a_bad_cache_setting_is_refused_before_the_model_loads(variables, says):

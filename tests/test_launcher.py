@@ -27,7 +27,7 @@ def test_an_unknown_server_is_refused_before_anything_loads(capsys, monkeypatch)
     ],
 )
 def test_batched_server_settings_name_the_bad_variable(env, message):
-    from myca_ops.voice.server import Settings
+    from myca_ops.voice.settings import Settings
 
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env, "cpu")
@@ -35,7 +35,7 @@ def test_batched_server_settings_name_the_bad_variable(env, message):
 
 
 def test_the_opus_work_leaves_the_event_loop_on_a_gpu_host_and_stays_on_it_on_cpu(monkeypatch):
-    from myca_ops.voice.server import Settings
+    from myca_ops.voice.settings import Settings
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert Settings.from_env({"MYCA_MOSHI_DEVICE": "cuda"}, "graphs").codec_workers == 4
@@ -55,7 +55,8 @@ def test_a_failing_model_loop_ends_the_batched_server_with_the_cause():
 
     script = """
 import asyncio, threading, numpy as np
-from myca_ops.voice.server import Settings, VoiceServer
+from myca_ops.voice.server import VoiceServer
+from myca_ops.voice.settings import Settings
 class Engine:
     slots, prefilling = 1, {}
     def reset(self, slots): pass

@@ -1,4 +1,4 @@
-"""myca_ops.voice.model: the one switch parser, the one mode decision and the weights layout."""
+"""myca_ops.voice.model: the one mode decision and the weights layout."""
 
 import pytest
 
@@ -7,35 +7,6 @@ from myca_ops.voice.model import Recommendation
 
 GRAPHS = Recommendation("graphs", "CUDA graphs on, torch.compile off: Triton is not installed", "no_triton")
 FAST = Recommendation("compile+graphs", "ok", None)
-
-
-@pytest.mark.parametrize(
-    "raw, value",
-    [
-        ("1", True),
-        ("TRUE", True),
-        (" yes ", True),
-        ("on", True),
-        ("0", False),
-        ("False", False),
-        ("no", False),
-        ("OFF", False),
-        ("", False),
-        (None, False),
-    ],
-)
-def test_switches_read_every_usual_spelling(raw, value):
-    env = {} if raw is None else {"MYCA_MOSHI_HALF": raw}
-    assert model.switch(env, "MYCA_MOSHI_HALF") is value
-    assert model.switch({}, "MYCA_MOSHI_HALF", default=True) is True
-
-
-def test_a_switch_with_another_word_names_the_variable():
-    with pytest.raises(ValueError, match="MYCA_MOSHI_FORCE_GRAPHS_OFF is 'maybe': expected one of 1, true"):
-        model.switch({"MYCA_MOSHI_FORCE_GRAPHS_OFF": "maybe"}, "MYCA_MOSHI_FORCE_GRAPHS_OFF")
-    # The service reads its forces through the same parser: a typo stops the start with the name.
-    with pytest.raises(ValueError, match="MYCA_MOSHI_FORCE_COMPILE_OFF is 'ja'"):
-        model.decide_from_env({"MYCA_MOSHI_DEVICE": "cuda", "MYCA_MOSHI_FORCE_COMPILE_OFF": "ja"})
 
 
 @pytest.mark.parametrize(

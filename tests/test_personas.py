@@ -303,7 +303,7 @@ def test_a_bad_persona_setting_stops_the_server_with_the_cause(lab_weights, tmp_
 def test_personaplex_is_never_served_without_a_voice_prompt_or_in_fp16(tmp_path):
     """Its model was trained with a voice prompt before every conversation, and NVIDIA serves it in
     bf16: the server refuses to start otherwise, naming the setting (Kyutai's model takes both)."""
-    from myca_ops.voice.server import Settings
+    from myca_ops.voice.settings import Settings
 
     configured = tmp_path / "personas.json"
     configured.write_text(

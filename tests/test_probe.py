@@ -2,7 +2,7 @@
 
 import pytest
 
-from myca_ops.voice import probe
+from myca_ops.voice import loadtest, probe
 from myca_ops.voice.stats import percentile, summary
 
 FRAME = 1920 * 2  # one 80 ms model frame at 48 kHz playback
@@ -119,7 +119,7 @@ def test_a_load_test_with_lagging_callers_judges_by_the_servers_own_ticks():
         asked.append(url)
         return {"status": "ready", "tick_ms": {"p99": 31.5, "count": 740}, "budget_ms": 80.0}
 
-    load = probe.summarise("ws://gpu:8998/api/chat", callers, health)
+    load = loadtest.summarise("ws://gpu:8998/api/chat", callers, health)
     assert [c["outcome"] for c in load["callers"]] == ["real-time", "caller lagged", "refused"]
     assert load["cause"] == (
         "1 real-time, 0 late, 0 cut off, 1 refused, 1 caller lagged of 3 callers; 1 caller(s) lagged on this "
@@ -127,7 +127,7 @@ def test_a_load_test_with_lagging_callers_judges_by_the_servers_own_ticks():
     )
     assert asked == ["ws://gpu:8998/api/chat"] and load["realtime"] is False
     # Nobody lagged: no health read, no lag in the summary.
-    load = probe.summarise("ws://gpu:8998/api/chat", callers[:1], health)
+    load = loadtest.summarise("ws://gpu:8998/api/chat", callers[:1], health)
     assert load["cause"] == "1 real-time, 0 late, 0 cut off, 0 refused of 1 callers" and asked == [asked[0]]
 
 
@@ -147,11 +147,11 @@ def test_shares_of_a_load_test_from_several_hosts_merge_onto_one_clock():
 
     host_a = {"url": "ws://b/api/chat", "epoch": 1000.0, "callers": [caller(0, 0.0), caller(2, 1.0)]}
     host_b = {"url": "ws://b/api/chat", "epoch": 1000.5, "callers": [caller(1, 0.0)]}
-    load = probe.merge([host_b, host_a])
+    load = loadtest.merge([host_b, host_a])
     assert [c["caller"] for c in load["callers"]] == [0, 1, 2]
     assert [c["start_s"] for c in load["callers"]] == [0.0, 0.5, 1.0]
     assert load["callers"][1]["end_s"] == 4.5 and load["callers"][1]["arrival_s"] == [0.3, 0.38]
     assert load["epoch"] == 1000.0 and load["shares"] == 2
     assert load["cause"] == "3 real-time, 0 late, 0 cut off, 0 refused of 3 callers"
     with pytest.raises(ValueError, match="no load test shares"):
-        probe.merge([])
+        loadtest.merge([])

@@ -165,7 +165,8 @@ def test_the_summary_prints_the_load_test_table(tmp_path):
         ],
     }
     text = summary(DeployResult(0, "successful", {}, tmp_path, loadtest=load))
-    assert "     1   0.5s  3004 ms          -        -     -   1013  refused" in text
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("1 "))
+    assert row.split() == ["1", "0.5s", "3004", "ms", "-", "-", "-", "1013", "refused"], row
     assert "1 refused of 2 callers" in text and f"timeline: {tmp_path / 'report' / 'loadtest.png'}" in text
 
 
@@ -232,12 +233,12 @@ def test_the_status_table_shows_a_wsl2_hosts_windows_side_and_a_stale_lan_rule()
     row = {"host": "wsl-gpu", "group": "gpu_hosts", "services": {"moshi": "active"}, "health": None, "windows": windows}
     lines = table({"hosts": [row]}).splitlines()
     assert lines[2] == (
-        "  Windows side: start task Running, last run 11/29/2026 9:30:00 AM (result 267009); "
+        "wsl-gpu: Windows side: start task Running, last run 11/29/2026 9:30:00 AM (result 267009); "
         ".wslconfig memory=32GB vmIdleTimeout=-1; portproxy to 172.31.9.9 (WSL is at 172.20.1.2)"
     )
     no_task = {**windows, "task": {"present": False}, "wslconfig": {}, "portproxy_to": ""}
     assert table({"hosts": [{**row, "windows": no_task}]}).splitlines()[2] == (
-        "  Windows side: no start task; .wslconfig none of the stack's keys; no portproxy rule"
+        "wsl-gpu: Windows side: no start task; .wslconfig none of the stack's keys; no portproxy rule"
     )
 
 

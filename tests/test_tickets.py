@@ -308,7 +308,7 @@ def test_the_documented_two_step_rotation_refuses_no_ticket():
 def test_an_address_storm_fills_the_mint_limiter_and_a_fresh_visitor_still_gets_a_ticket():
     """10,000 addresses minting at once used to fill the limiter and refuse everyone for a minute;
     now the client tracked longest is forgotten, and each client keeps its own limit."""
-    from myca_ops.bridge.app import RateLimit
+    from myca_ops.bridge.state import RateLimit
 
     limit = RateLimit(per_min=3, max_clients=10_000)
     storm = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(20_000)]

@@ -12,8 +12,9 @@ import sys
 import uvloop
 from aiohttp import web
 
-from myca_ops.bridge.app import AccessLog, ConnectionCap, RedactCredentials, make_app, server_ssl
+from myca_ops.bridge.app import make_app
 from myca_ops.bridge.config import BridgeConfig, ConfigError
+from myca_ops.bridge.listener import AccessLog, ConnectionCap, RedactCredentials, server_ssl
 
 
 def main(argv: list[str] | None = None) -> int:

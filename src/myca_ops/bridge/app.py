@@ -10,36 +10,25 @@ in the bridge beyond one message per direction.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
-import re
-import ssl
 import time
-import urllib.parse
 import uuid
-from collections import OrderedDict
 
 import aiohttp
 import yarl
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from myca_ops.bridge.config import BridgeConfig
-from myca_ops.bridge.events import EventSink
-from myca_ops.bridge.tickets import Refusal, Tickets, unauthorized
+from myca_ops.bridge.health import healthz, metrics
+from myca_ops.bridge.state import CONFIG, CREDENTIALS, STATE, BridgeState, Metrics, origin_of, token_ok
+from myca_ops.bridge.ticket_route import mint_ticket
+from myca_ops.bridge.tickets import Refusal, unauthorized
 from myca_ops.sessions import CLOSE_TIMEOUT_S, Liveness, close, end, is_audio, watch
-from myca_ops.version import installed
-from myca_ops.voice.health import check
 from myca_ops.voice.persona import NAME as persona_name
 from myca_ops.voice.persona import NAME_RULE
-from myca_ops.voice.protocol import client_ssl
 
 log = logging.getLogger("myca_ops.bridge")
 
-KINDS = {0: "handshake", 1: "audio", 2: "text", 3: "control", 4: "metadata", 5: "error", 6: "ping"}
 # Close codes a client sees (RFC 6455 and IANA's registry; 4xxx are the bridge's own).
 CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
 CLOSE_TEXT = WSCloseCode.UNSUPPORTED_DATA  # 1003
@@ -49,142 +38,9 @@ AUDIO = 1
 # aiohttp itself closes (with no reason) above this; between our limit and this we say why.
 HARD_LIMIT_FACTOR = 4
 UPSTREAM_MAX_MESSAGE = 4 * 1024 * 1024
-HEALTH_CACHE_S = 2.0
-CREDENTIALS = ("token", "ticket")  # query parameters the upstream never sees
 CLIENT_PROMPTS = ("text_prompt", "voice_prompt")  # PersonaPlex's, passed on only with allow_client_prompts
 BUSY_GRACE_S = 0.1  # a caller who finds every session in use waits this long for one to end
 REFUSAL_CLOSE_S = 0.1
-
-CONFIG = web.AppKey("config", BridgeConfig)
-STATE: web.AppKey[BridgeState] = web.AppKey("state")
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.sessions_active = Gauge("myca_bridge_sessions_active", "Sessions being relayed now", registry=r)
-        self.sessions = Counter("myca_bridge_sessions", "Sessions by outcome", ["outcome"], registry=r)
-        self.sessions.labels("busy")  # at 0 from the start: Prometheus's increase() sees the first refusal
-        self.bytes = Counter("myca_bridge_bytes", "Bytes relayed", ["direction"], registry=r)
-        self.messages = Counter("myca_bridge_messages", "Messages relayed", ["direction", "kind"], registry=r)
-        self.dropped = Counter("myca_bridge_dropped_messages", "Client messages dropped", ["reason"], registry=r)
-        self.events_dropped = Counter(
-            "myca_bridge_events_dropped", "Session events dropped, by reason", ["reason"], registry=r
-        )
-        self.connect = Histogram(
-            "myca_bridge_upstream_connect_seconds",
-            "Time to open the upstream websocket",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.relay = Histogram(
-            "myca_bridge_relay_seconds",
-            "Time from a message read to its write to the other side",
-            ["direction"],
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-            registry=r,
-        )
-        # Label children bound once: the per-message path stays a few attribute lookups.
-        self.per_direction = {
-            d: (self.bytes.labels(d), self.relay.labels(d), {k: self.messages.labels(d, n) for k, n in KINDS.items()})
-            for d in ("to_upstream", "to_client")
-        }
-
-
-class BridgeState:
-    def __init__(self, config: BridgeConfig) -> None:
-        self.metrics = Metrics()
-        self.active = 0
-        self.client: aiohttp.ClientSession  # made at startup (on_startup), closed at cleanup
-        self.events = EventSink(
-            config.mas_url,
-            config.event_queue_size,
-            lambda reason: self.metrics.events_dropped.labels(reason).inc(),
-            token=config.mas_token,
-        )
-        self.health: tuple[float, int, dict] | None = None
-        self.health_lock = asyncio.Lock()
-        self.metrics_networks = config.metrics_networks()
-        upstream_ssl = client_ssl(config.upstream, config.upstream_ca or None, config.upstream_verify)
-        # True, verified against the system's store: a context health checks share.
-        self.upstream_ssl = ssl.create_default_context() if upstream_ssl is True else upstream_ssl
-        self.background: set[asyncio.Task] = set()
-        self.upstream_closes: set[asyncio.Task] = set()  # sessions the upstream may still count
-        self.slot_freed = asyncio.Condition()
-        self.tickets = (
-            Tickets(config.ticket_keys, config.ticket_ttl_s, config.name, since=time.time())
-            if config.ticket_keys
-            else None
-        )
-        self.ticket_rate = RateLimit(config.ticket_rate_per_min)
-
-    def spawn(self, coro, closing: bool = False) -> None:
-        """Run `coro` in the background, holding a reference until it ends."""
-        task = asyncio.create_task(coro)
-        for tasks in (self.background, self.upstream_closes) if closing else (self.background,):
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-
-class RateLimit:
-    """At most `per_min` requests per client in each minute (fixed windows), in bounded memory. A
-    client is an IPv4 address or an IPv6 /64 (what one host is given). When `max_clients` are
-    tracked, the one tracked longest is forgotten: a storm from many addresses costs their own
-    limits, never a fresh visitor's ticket."""
-
-    def __init__(self, per_min: int, max_clients: int = 10_000) -> None:
-        self.per_min, self.max_clients = per_min, max_clients
-        self.windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, requests)
-
-    @staticmethod
-    def client(address: str) -> str:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return address
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
-
-    def allow(self, address: str) -> bool:
-        now, client = time.monotonic(), self.client(address)
-        start, count = self.windows.get(client, (now, 0))
-        if now - start >= 60:
-            start, count = now, 0
-        if count >= self.per_min:
-            return False
-        self.windows[client] = (start, count + 1)
-        self.windows.move_to_end(client)
-        while len(self.windows) > self.max_clients:
-            self.windows.popitem(last=False)
-        return True
-
-
-def token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    given = value.strip() if scheme.lower() == "bearer" else request.query.get("token", "")  # RFC 7235: any case
-    # Any bytes a client sends compare (and fail) as bytes: never an encoding error, never a 500.
-    raw = given.encode("utf-8", "surrogateescape")
-    return any(hmac.compare_digest(raw, t.encode()) for t in tokens)
-
-
-class RedactCredentials(logging.Filter):
-    """Takes any bearer token or ?token= out of a log record, whoever logs it: aiohttp logs the raw
-    header line of a request it cannot parse, token included. Such a request (the client's fault)
-    becomes one warning line instead of an error with a traceback."""
-
-    PATTERN = re.compile(r"(Bearer\s+|token=|ticket=)[^\s&'\"\\]+", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        text = record.getMessage()
-        if isinstance(exc, HttpProcessingError):
-            text = f"{text}: bad request: {exc}"
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-        elif record.exc_info:
-            text += "\n" + logging.Formatter().formatException(record.exc_info)
-            record.exc_info, record.exc_text = None, None
-        record.msg, record.args = self.PATTERN.sub(r"\1REDACTED", text), None
-        return True
 
 
 def upstream_url(config: BridgeConfig, request: web.Request, persona: str | None = None) -> str:
@@ -197,17 +53,6 @@ def upstream_url(config: BridgeConfig, request: web.Request, persona: str | None
     persona = persona or (None if prompted or "persona" in request.query else config.default_persona or None)
     query += [("persona", persona)] if persona else []
     return str(yarl.URL(config.upstream).extend_query(query)) if query else config.upstream
-
-
-def origin_of(request: web.Request) -> str | None:
-    """The request's Origin, or 400: two Origin headers (which would be taken at the first), or one no
-    browser sends (bytes outside printable ASCII, which no error text could even quote)."""
-    origins = request.headers.getall("Origin", [])
-    if len(origins) > 1:
-        raise web.HTTPBadRequest(text="one Origin header, not several\n")
-    if origins and not (origins[0].isascii() and origins[0].isprintable()):
-        raise web.HTTPBadRequest(text="the Origin header is not an origin (printable ASCII)\n")
-    return origins[0] if origins else None
 
 
 def authorize(request: web.Request, config: BridgeConfig, state: BridgeState, origin: str | None) -> str | None:
@@ -444,147 +289,6 @@ async def pump_from_upstream(upstream, ws: web.WebSocketResponse, m: Metrics):
             return "upstream_closed", code, "upstream closed the session"
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """200 when Moshi is up (its /healthz: model loaded, full included; moshi.server: answering), else 503.
-
-    Never a session: Moshi's own health contract (myca_ops.voice.health), cached for HEALTH_CACHE_S
-    and single flight, so a burst of calls is one request upstream.  Only the networks in
-    metrics_allowed (or a token holder) see the details; others get {ok} alone."""
-    config, state = request.app[CONFIG], request.app[STATE]
-    async with state.health_lock:  # the callers of a burst wait for one check and share it
-        if state.health is None or time.monotonic() - state.health[0] >= HEALTH_CACHE_S:
-            body = {
-                "upstream": config.upstream,
-                "sessions": state.active,
-                "max_sessions": config.max_sessions,
-                "version": installed(),
-            }
-            moshi = await asyncio.to_thread(
-                check,
-                config.upstream,
-                config.connect_timeout_s,
-                state.upstream_ssl if isinstance(state.upstream_ssl, ssl.SSLContext) else None,
-            )
-            keep = ("status", "source", "slots_used", "slots_total", "mode", "error", "detail")
-            body.update(ok=moshi["up"], moshi={k: moshi[k] for k in keep if k in moshi})
-            if moshi.get("error"):
-                body["error"] = f"Moshi: {moshi['error']}"
-            state.health = (time.monotonic(), 200 if body["ok"] else 503, body)
-    _, status, body = state.health
-    return web.json_response(body if insider(request) else {"ok": body["ok"]}, status=status)
-
-
-def insider(request: web.Request) -> bool:
-    """The caller may see details and metrics: from metrics_allowed, or with a token of the metrics scope."""
-    config = request.app[CONFIG]
-    try:
-        peer = ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        peer = None
-    if peer is not None and any(peer in net for net in request.app[STATE].metrics_networks):
-        return True
-    return token_ok(request, config.tokens_with("metrics"))
-
-
-async def metrics(request: web.Request) -> web.Response:
-    if not insider(request):
-        raise web.HTTPForbidden(
-            text="/metrics answers the networks in bridge_metrics_allowed, or a token with the metrics scope\n"
-        )
-    body = generate_latest(request.app[STATE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-class ConnectionCap(asyncio.Protocol):
-    """One connection to the bridge, counted against its client address in every state (headers
-    pending, keep-alive idle, a websocket): over `limit`, its request is answered 429 and the
-    connection closed before aiohttp sees it.  A counted connection has `first_byte_s` (the
-    header timeout) to send its first byte; with it, it goes to aiohttp's handler, whose own
-    timer (keepalive_timeout, shorter) then bounds the rest of its request and each idle wait
-    between requests: a kept-alive connection cannot be held by a request every few seconds."""
-
-    REFUSED_WAIT_S = 2.0  # a refused connection that sends no request in this time is aborted
-    ALL = ("all",)  # the key of every connection's count
-
-    def __init__(self, make_handler, open_per_address: dict, limit: int, first_byte_s: float, most: int) -> None:
-        """`most`: connections in all (LimitNOFILE is sized above it, with room for each session's
-        upstream socket): past it a new one is aborted at once, so an admitted caller's upstream
-        connection never meets a process out of file descriptors."""
-        self.make_handler, self.open, self.limit, self.most = make_handler, open_per_address, limit, most
-        self.first_byte_s = first_byte_s
-        self.silent: asyncio.TimerHandle | None = None
-        self.handler: asyncio.Protocol | None = None
-        self.transport: asyncio.Transport
-        self.peer = ""
-        self.key: str | tuple | None = None  # where it is counted
-
-    def connection_made(self, transport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.peer, self.transport = (peer[0] if peer else ""), transport
-        if self.open.get(self.ALL, 0) >= self.most:
-            transport.abort()
-            return
-        if self.open.get(self.peer, 0) < self.limit:
-            self.key = self.peer
-            self.silent = asyncio.get_running_loop().call_later(self.first_byte_s, transport.abort)
-        elif self.open.get(("refused", self.peer), 0) < self.limit:
-            self.key = ("refused", self.peer)
-            asyncio.get_running_loop().call_later(self.REFUSED_WAIT_S, transport.abort)
-        else:  # a storm of refused connections: no answer, no wait
-            transport.abort()
-            return
-        self.count(+1)
-
-    def count(self, step: int) -> None:
-        for key in (self.key, self.ALL):
-            self.open[key] = self.open.get(key, 0) + step
-            if not self.open[key]:
-                del self.open[key]
-
-    def data_received(self, data: bytes) -> None:
-        if self.silent is not None:  # its first bytes: aiohttp takes the connection from here
-            self.silent.cancel()
-            self.silent = None
-            self.handler = self.make_handler()
-            self.handler.connection_made(self.transport)
-        if self.handler is not None:
-            self.handler.data_received(data)
-        elif not self.transport.is_closing():  # refused: answered once its request has come
-            body = f"at most {self.limit} connections per client address\n".encode()
-            head = f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-            self.transport.write(head.encode() + b"Connection: close\r\n\r\n" + body)
-            self.transport.close()
-
-    def eof_received(self):
-        return self.handler.eof_received() if self.handler is not None else None
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.resume_writing()
-
-    def connection_lost(self, exc) -> None:
-        if self.silent is not None:
-            self.silent.cancel()
-        if self.key is not None:
-            self.count(-1)
-        if self.handler is not None:
-            self.handler.connection_lost(exc)
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per request, its query as parsed (percent-decoded, as the bridge reads it) with the
-    value of every credential-bearing key redacted, in any case or encoding."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        query = [(k, "REDACTED" if k.lower() in CREDENTIALS else v) for k, v in request.query.items()]
-        path = request.path + ("?" + urllib.parse.urlencode(query) if query else "")
-        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time)
-
-
 def make_app(config: BridgeConfig) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
@@ -607,39 +311,3 @@ def make_app(config: BridgeConfig) -> web.Application:
         app.router.add_route("POST", "/api/voice/ticket", mint_ticket)
         app.router.add_route("OPTIONS", "/api/voice/ticket", mint_ticket)
     return app
-
-
-async def mint_ticket(request: web.Request) -> web.Response:
-    """POST /api/voice/ticket (bridge_ticket_route, for sites with no server code of their own):
-    a ticket for the page at the request's Origin, which must be one of allowed_origins, at most
-    ticket_rate_per_min a minute per address.  Anyone who can load the page can mint within that
-    rate: guarding more (a login) is the operator's own server's job."""
-    config, state = request.app[CONFIG], request.app[STATE]
-    origin = origin_of(request)
-    if origin is None or origin not in config.allowed_origins:
-        raise web.HTTPForbidden(
-            text=f"tickets are minted for the pages of bridge_allowed_origins; {origin or 'no Origin'} is not one\n"
-        )
-    cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin", "Cache-Control": "no-store"}
-    if request.method == "OPTIONS":  # a preflight (a page that posts JSON)
-        cors.update({"Access-Control-Allow-Methods": "POST", "Access-Control-Allow-Headers": "Content-Type"})
-        return web.Response(status=204, headers=cors)
-    persona = request.query.get("persona")
-    if persona is not None and not persona_name.fullmatch(persona):
-        raise web.HTTPBadRequest(text=f"persona must be {NAME_RULE}\n", headers=cors)
-    if not state.ticket_rate.allow(request.remote or ""):
-        raise web.HTTPTooManyRequests(
-            text=f"at most {config.ticket_rate_per_min} tickets a minute per address\n",
-            headers={**cors, "Retry-After": "60"},
-        )
-    assert state.tickets is not None  # the route needs ticket keys (BridgeConfig refuses it without)
-    ticket = state.tickets.mint(origin, persona)
-    return web.json_response({"ticket": ticket, "expires_in": int(config.ticket_ttl_s)}, headers=cors)
-
-
-def server_ssl(config: BridgeConfig) -> ssl.SSLContext | None:
-    if not config.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context

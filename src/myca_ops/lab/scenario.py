@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,11 @@ def yaml_checks(playbook: Path) -> None:
     """A scenario's verify.yml (what only Ansible's modules read), on its inventory, its output as it runs."""
     out = subprocess.run(["ansible-playbook", "-i", str(inventory()), str(playbook)], cwd=PROJECT)
     assert out.returncode == 0, f"{playbook.name} failed: its output is above"
+
+
+def http_text(host, url: str) -> str:
+    """The body at `url` as `host` (a testinfra host) reaches it: the lab's hosts have no curl."""
+    fetch = (
+        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    return host.check_output(f"python3 -c {shlex.quote(fetch)} {shlex.quote(url)}")

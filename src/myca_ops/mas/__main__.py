@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from myca_ops.envfile import read_env_file
+from myca_ops.envvars import whole
 from myca_ops.mas.settings import Settings, SettingsError
 
 
@@ -44,7 +45,7 @@ def backup_command(args, env: dict[str, str], settings: Settings) -> int:
             backup.restore(settings.dsn, args.dump)
             print(json.dumps({"restored": str(args.dump)}))
             return 0
-        keep = int(env.get("MYCA_MAS_BACKUP_KEEP") or 7)
+        keep = whole(env, "MYCA_MAS_BACKUP_KEEP", 7, minimum=1)
         while True:
             started = time.monotonic()
             try:

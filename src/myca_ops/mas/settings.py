@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from myca_ops.envvars import number
+
 
 class SettingsError(ValueError):
     """A setting is missing or wrong; the message names the variable and the fix."""
@@ -40,25 +42,21 @@ class Settings:
                 "MYCA_MAS_DSN must be a postgresql:// URL (the mas role writes it to /etc/myca-mas/mas.env)"
             )
 
-        def number(name: str, default: float) -> float:
-            raw = env.get(name, "")
+        def seconds(name: str, default: float) -> float:
             try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-            if value <= 0:
-                raise SettingsError(f"{name} must be positive, got {raw!r}")
-            return value
+                return number(env, name, default, positive=True)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
 
         return cls(
             dsn=dsn,
             collectors=tuple(c for c in env.get("MYCA_MAS_COLLECTORS", "").split(",") if c),
-            collector_interval_s=number("MYCA_MAS_COLLECTOR_INTERVAL_S", 10.0),
+            collector_interval_s=seconds("MYCA_MAS_COLLECTOR_INTERVAL_S", 10.0),
             spool_dir=Path(env.get("MYCA_MAS_SPOOL_DIR", "/var/lib/myca-mas/spool")),
             moshi_url=env.get("MYCA_MAS_MOSHI_URL", ""),
             bridge_url=env.get("MYCA_MAS_BRIDGE_URL", "").rstrip("/"),
-            status_ttl_s=number("MYCA_MAS_STATUS_TTL_S", 2.0),
-            check_timeout_s=number("MYCA_MAS_CHECK_TIMEOUT_S", 2.0),
+            status_ttl_s=seconds("MYCA_MAS_STATUS_TTL_S", 2.0),
+            check_timeout_s=seconds("MYCA_MAS_CHECK_TIMEOUT_S", 2.0),
             events_token=env.get("MYCA_MAS_EVENTS_TOKEN", ""),
             prometheus_url=env.get("MYCA_MAS_PROMETHEUS_URL", "").rstrip("/"),
             backup_dir=Path(env["MYCA_MAS_BACKUP_DIR"]) if env.get("MYCA_MAS_BACKUP_DIR") else None,

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from myca_ops.runner import DeployResult, RunnerError, deploy
+from myca_ops.runner.tables import plain
 from myca_ops.version import tree_version
 
 EXIT_CODES = """exit codes:
@@ -141,9 +142,8 @@ def render_diff(diff) -> str:
 
 
 def summary(result: DeployResult) -> str:
-    lines = [f"{'host':<14} {'ok':>4} {'changed':>8} {'failed':>7} {'unreachable':>12}"]
-    for host, h in sorted(result.hosts.items()):
-        lines.append(f"{host:<14} {h.ok:>4} {h.changed:>8} {h.failed:>7} {h.unreachable:>12}")
+    rows = [[host, h.ok, h.changed, h.failed, h.unreachable] for host, h in sorted(result.hosts.items())]
+    lines = [plain(["host", "ok", "changed", "failed", "unreachable"], rows, right=(1, 2, 3, 4))]
     for error in result.errors:
         lines.append(f"ansible: {error}")
     for failure in result.failures:

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from myca_ops.runner.tables import plain
+
 
 def health(row: dict) -> str:
     h = row.get("health")
@@ -104,18 +106,16 @@ def windows_side(w: dict) -> str:
     config = " ".join(f"{k}={v}" for k, v in (w.get("wslconfig") or {}).items()) or "none of the stack's keys"
     to, address = w.get("portproxy_to"), w.get("wsl_address")
     lan = "no portproxy rule" if not to else f"portproxy to {to}" + ("" if to == address else f" (WSL is at {address})")
-    return f"  Windows side: {started}; .wslconfig {config}; {lan}"
+    return f"Windows side: {started}; .wslconfig {config}; {lan}"
 
 
 def table(report: dict) -> str:
     rows = report.get("hosts", [])
-    width = max([len(r["host"]) for r in rows] + [4])
-    lines = [f"{'host':<{width}}  {'services':<44}  health"]
-    for r in rows:
-        services = ", ".join(f"{name} {state}" for name, state in r["services"].items())
-        lines.append(f"{r['host']:<{width}}  {services:<44}  {health(r)}")
-        if r.get("windows"):
-            lines.append(windows_side(r["windows"]))
+    services = [", ".join(f"{name} {state}" for name, state in r["services"].items()) for r in rows]
+    lines = [
+        plain(["host", "services", "health"], [[r["host"], s, health(r)] for r, s in zip(rows, services, strict=True)])
+    ]
+    lines += [f"{r['host']}: {windows_side(r['windows'])}" for r in rows if r.get("windows")]
     for r in rows:
         if r["group"] == "mas_hosts":
             lines += mas_document(r)

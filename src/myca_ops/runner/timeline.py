@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from myca_ops.voice.probe import OUTCOMES
+from myca_ops.runner.tables import plain
+from myca_ops.voice.loadtest import OUTCOMES
 from myca_ops.voice.protocol import FRAME_BUDGET_MS
 
 COLOURS = dict(zip(OUTCOMES, ("#2e7d32", "#f9a825", "#c62828", "#757575", "#1565c0"), strict=True))
@@ -75,19 +76,21 @@ def render(load: dict, dest: Path) -> Path:
 
 
 def table(load: dict) -> str:
-    head = (
-        f"{'caller':>6} {'start':>6} {'waited':>8} {'1st audio':>10} {'gap p99':>8} {'under':>5} {'close':>6}  outcome"
-    )
-    lines = [head, "-" * len(head)]
-    for c in load["callers"]:
-        gap = (c.get("gap_ms") or {}).get("p99")
-        lines.append(
-            f"{c['caller']:>6} {c.get('start_s') or 0:>5.1f}s "
-            f"{_ms(c.get('waited_ms')):>8} {_ms(c.get('first_audio_ms')):>10} {_ms(gap):>8} "
-            f"{c.get('underruns', '-'):>5} {str(c.get('close_code') or '-'):>6}  {c['outcome']}"
-        )
-    lines.append(f"{load['cause']} ({load['url']})")
-    return "\n".join(lines)
+    rows = [
+        [
+            c["caller"],
+            f"{c.get('start_s') or 0:.1f}s",
+            _ms(c.get("waited_ms")),
+            _ms(c.get("first_audio_ms")),
+            _ms((c.get("gap_ms") or {}).get("p99")),
+            c.get("underruns"),
+            c.get("close_code"),
+            c["outcome"],
+        ]
+        for c in load["callers"]
+    ]
+    header = ["caller", "start", "waited", "1st audio", "gap p99", "under", "close", "outcome"]
+    return plain(header, rows, right=tuple(range(7))) + f"\n{load['cause']} ({load['url']})"
 
 
 def _ms(value) -> str:

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from myca_ops.runner.tables import plain
 from myca_ops.voice.protocol import FRAME_BUDGET_MS
 
 
@@ -177,56 +178,23 @@ def budget(doc: dict) -> float:
 
 
 def text(doc: dict) -> str:
-    """The table `make lab` and `myca-ops verify` print."""
-    lines = [
-        f"{'host':<12} {'GPU':<20} {'mode':<14} {'tick p50':>9} {'tick p99':>9} {'carries':>8} {'1st audio':>9} {'under':>5}  "
-        f"verdict (budget {budget(doc):.0f} ms/tick, all slots)"
-    ]
-    for r in doc["gpu_hosts"]:
-        carries = f"{r['capacity']} of {r['slots']}"
-        lines.append(
-            f"{r['host']:<12} {r['gpu'][:20]:<20} {str(r['mode']):<14} {_ms(r['step_p50_ms']):>9} {_ms(r['step_p99_ms']):>9} "
-            f"{carries:>8} {_ms(r['first_audio_ms'], 0):>9} {r['underruns']:>5}  {_verdict(r['realtime'])}"
-        )
-    for r in doc["gpu_hosts"]:
-        lines.append(f"{r['host']}: capacity: {r['step_cause']}; voice: {r['voice_cause']}; persona: {r['persona']}")
-        lines.append(f"{r['host']}: GPU during the measurement: {r['gpu_state']}")
-    lines.append(
-        f"{'host':<12} {'server':<9} {'slots':<7} {'tick p50':>9} {'tick p99':>9} {'ticks':>6}  /healthz (the last minute's ticks, all slots)"
-    )
-    for r in doc["gpu_hosts"]:
-        batched = r["server"] == "batched"
-        slots = f"{r['slots_used']}/{r['slots_total']}" if batched else "1"
-        lines.append(
-            f"{r['host']:<12} {r['server']:<9} {slots:<7} {_ms(r['tick_p50_ms']) if batched else '-':>9} "
-            f"{_ms(r['tick_p99_ms']) if batched else '-':>9} {r['tick_count'] if batched else '-':>6}  {r['health_status']}"
-        )
-    if doc["bridge_hosts"]:
-        lines.append(
-            f"{'host':<12} {'voice through the bridge':<44} {'handshake':>9} {'1st audio':>9} {'under':>5}  verdict"
-        )
-        for r in doc["bridge_hosts"]:
-            lines.append(
-                f"{r['host']:<12} {(r['url'] + ' ' + r['credential'])[:44]:<44} {_ms(r['handshake_ms'], 0):>9} "
-                f"{_ms(r['first_audio_ms'], 0):>9} {r['underruns']:>5}  {_verdict(r['realtime'])}"
-            )
-        lines += [f"{r['host']}: voice through the bridge: {r['cause']}" for r in doc["bridge_hosts"]]
-    if doc["mas_hosts"]:
-        lines.append(f"{'host':<12} {'status':<9} {'database':<24} {'collectors':<11} {'moshi':<6} {'bridge':<6}")
-        for r in doc["mas_hosts"]:
-            database = f"ok {_ms(r['database_ms'])}" if r["database_ok"] else "DOWN"
-            running = f"{r['collectors_running']}/{r['collectors']} running"
-            lines.append(
-                f"{r['host']:<12} {r['status']:<9} {database:<24} {running:<11} "
-                f"{'ok' if r['moshi_ok'] else str(r['moshi_ok']):<6} {'ok' if r['bridge_ok'] else str(r['bridge_ok']):<6}"
-            )
-        for r in doc["mas_hosts"]:
-            error = f"; database: {r['database_error']}" if r["database_error"] else ""
-            lines.append(f"{r['host']}: collectors: {r['collectors_detail']}{error}")
-    return "\n".join(lines) + "\n"
+    """The tables `make lab` and `myca-ops verify` print (the Markdown and HTML reports' own), each
+    with its notes."""
+    out = []
+    for title, key, header, rows in _tables(doc):
+        out.append(plain(header, rows, title=title))
+        if key == "gpu-hosts":
+            out += [f"{r['host']}: {note}" for r in doc["gpu_hosts"] for note in _host_notes(r)]
+        if key == "bridges":
+            out += [f"{r['host']}: voice through the bridge: {r['cause']}" for r in doc["bridge_hosts"]]
+        if key == "mas":
+            for r in doc["mas_hosts"]:
+                error = f"; database: {r['database_error']}" if r["database_error"] else ""
+                out.append(f"{r['host']}: collectors: {r['collectors_detail']}{error}")
+    return "\n".join(out) + "\n"
 
 
-# The tables of the Markdown and HTML reports: (title, id, header, cells of a row).
+# The tables of every report (text, Markdown, HTML): (title, id, header, cells of a row).
 def _tables(doc: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     def database(r):
         return f"ok, {_as_measured(r['database_ms'])}" if r["database_ok"] else str(r["database_error"])
@@ -253,14 +221,23 @@ def _tables(doc: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
             "gpu-servers",
             ["host", "server", "slots in use", "tick p50", "tick p99", "ticks", "/healthz"],
             [
-                [
-                    r["host"],
-                    r["server"],
-                    f"{r['slots_used']}/{r['slots_total']}",
+                [r["host"], r["server"], f"{r['slots_used']}/{r['slots_total']}"]
+                + [
                     _as_measured(r["tick_p50_ms"]),
                     _as_measured(r["tick_p99_ms"]),
+                    str(r["tick_count"]),
+                    r["health_status"],
                 ]
-                + [str(r["tick_count"]), r["health_status"]]
+                if r["server"] == "batched"
+                else [
+                    r["host"],
+                    r["server"],
+                    "1",
+                    "-",
+                    "-",
+                    "-",
+                    r["health_status"],
+                ]  # moshi.server: one caller, no /healthz
                 for r in doc["gpu_hosts"]
             ],
         ),

@@ -171,7 +171,7 @@ def configured_slots(env: dict[str, str], loaded: model.Loaded) -> tuple[int, st
     """The slot count the service runs with, and where it comes from."""
     if env.get("MYCA_MOSHI_SERVER", "batched") == "upstream":
         return 1, "moshi.server serves one conversation"
-    from myca_ops.voice.server import Settings  # the server's own parser of its variables
+    from myca_ops.voice.settings import Settings  # the server's own parser of its variables
 
     configured = Settings.from_env(env, "unknown").slots
     if configured:

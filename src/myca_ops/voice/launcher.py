@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from myca_ops.envvars import switch
 from myca_ops.voice import compile_cache, model
 
 SERVERS = ("batched", "upstream")
@@ -65,7 +66,7 @@ def server_argv(env: dict[str, str], weights: model.WeightPaths, config_path: Pa
         argv += ["--config-path", str(config_path)]
     if env.get("MYCA_MOSHI_SSL_DIR"):
         argv += ["--ssl", env["MYCA_MOSHI_SSL_DIR"]]
-    if model.switch(env, "MYCA_MOSHI_HALF"):
+    if switch(env, "MYCA_MOSHI_HALF"):
         if personaplex:
             raise ValueError(
                 "PersonaPlex's server has no --half: set moshi_half: false with moshi_flavour: personaplex"

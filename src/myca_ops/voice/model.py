@@ -1,6 +1,5 @@
 """Moshi's model on this host, in one place: its switches, its mode and its loading.
 
-- :func:`switch` is the one parser of the ``MYCA_MOSHI_*`` on/off variables.
 - :func:`probe` (run in the interpreter that will run Moshi) and :func:`recommend` give the
   fastest mode that works here, with a structured ``limit``; :func:`decide` turns that and the
   operator's forces into moshi's switches.  The launcher, ``serve --auto`` and the gpu_facts
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from myca_ops.envvars import number, switch, whole
 from myca_ops.voice.protocol import FRAME_BUDGET_MS, FRAME_SAMPLES
 
 MOSHI_FILE = "model.safetensors"
@@ -59,72 +59,12 @@ def flavour(env: dict[str, str]) -> str:
     return name
 
 
-# --- Switches --------------------------------------------------------------------------------
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-
-
-def switch(env: dict[str, str], name: str, default: bool = False) -> bool:
-    """An on/off variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty is `default`."""
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in TRUE_WORDS:
-        return True
-    if raw in FALSE_WORDS:
-        return False
-    raise ValueError(f"{name} is {env[name]!r}: expected one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
-
-
 # --- The mode ----------------------------------------------------------------------------------
 # Why a mode is slower than compile+graphs, as data (verdicts branch on it, never on the text).
 LIMITS = ("no_cuda", "no_triton", "triton_fails", "forced", "not_probed", "gpu_unsupported")
 
 # triton-windows releases pair with one torch minor each (its README's table).
 TRITON_WINDOWS_FOR_TORCH = {"2.6": "3.2", "2.7": "3.3", "2.8": "3.4", "2.9": "3.5"}
-
-# Run in a fresh interpreter: a failed torch.compile must leave nothing in the caller's process,
-# and moshi must not be imported yet.  torch.compile of a tiny function on CUDA goes through
-# inductor, Triton, the C compiler and Python.h: exactly what moshi needs at its first frame.
-PROBE = r"""
-import json, os, platform, shutil, sys, sysconfig
-out = {"system": platform.system(), "python": sys.executable, "torch_version": None,
-       "torch_cuda_available": False, "torch_cuda_version": None, "torch_devices": [], "torch_arch_list": [],
-       "triton_version": None, "triton_compiles": False, "triton_error": None, "probe_error": None,
-       "c_compiler": shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc"),
-       "python_headers": os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))}
-try:
-    import torch
-except Exception as exc:
-    out["probe_error"] = "torch is not importable: %s" % exc
-    print(json.dumps(out)); sys.exit(0)
-out["torch_version"] = torch.__version__.split("+")[0]
-out["torch_cuda_version"] = torch.version.cuda
-out["torch_cuda_available"] = bool(torch.cuda.is_available())
-if out["torch_cuda_available"]:
-    out["torch_arch_list"] = torch.cuda.get_arch_list()
-    for i in range(torch.cuda.device_count()):
-        major, minor = torch.cuda.get_device_capability(i)
-        out["torch_devices"].append({"name": torch.cuda.get_device_name(i), "capability": "%d.%d" % (major, minor)})
-        try:
-            free, total = torch.cuda.mem_get_info(i)
-        except Exception as exc:  # a GPU this torch has no kernels for may refuse any CUDA call
-            out["torch_devices"][-1]["error"] = str(exc).strip().splitlines()[0]
-            continue
-        out["torch_devices"][-1].update(memory_total_mib=total // 2**20, memory_free_mib=free // 2**20)
-try:
-    import triton
-    out["triton_version"] = triton.__version__
-except Exception as exc:
-    out["triton_error"] = "triton is not importable: %s" % exc
-if out["torch_cuda_available"] and out["triton_version"]:
-    try:
-        out["triton_compiles"] = torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device="cuda")).sum().item() == 24
-    except Exception as exc:
-        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-        out["triton_error"] = "%s: %s" % (type(exc).__name__, lines[-1] if lines else "")
-print(json.dumps(out))
-"""
 
 
 @dataclass(frozen=True)
@@ -135,7 +75,7 @@ class Recommendation:
 
 
 def recommend(facts: dict) -> Recommendation:
-    """The fastest mode that works, from :data:`PROBE`'s facts.  CUDA graphs need only CUDA;
+    """The fastest mode that works, from the probe's facts (:mod:`myca_ops.voice.torch_probe`).  CUDA graphs need only CUDA;
     torch.compile needs Triton, which needs a C compiler and Python.h (its kernel compile proves it)."""
     if not facts.get("torch_version"):
         return Recommendation(None, f"not probed: {facts.get('probe_error') or 'no torch'}", "not_probed")
@@ -211,10 +151,10 @@ def _triton_install(facts: dict) -> str:
 
 
 def probe(python: str = sys.executable, timeout: float = 300, extra_env: dict | None = None) -> dict:
-    """:data:`PROBE` run by `python`, its caches in a temporary folder (facts never change the host)."""
+    """:mod:`myca_ops.voice.torch_probe` run by `python` (any interpreter with torch: it imports
+    nothing of this package), its caches in a temporary folder (facts never change the host)."""
+    script = Path(__file__).with_name("torch_probe.py")  # a file: triton.jit reads source, no `python -c`
     with tempfile.TemporaryDirectory(prefix="moshi-probe-") as tmp:
-        script = Path(tmp) / "probe.py"  # triton.jit reads source: no `python -c`
-        script.write_text(PROBE)
         env = dict(os.environ, TRITON_CACHE_DIR=f"{tmp}/triton", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor")
         env.update(extra_env or {})
         try:
@@ -324,7 +264,7 @@ def set_cpu_threads(env: dict[str, str]) -> None:
     (docs/PERFORMANCE.md, "CPU per caller").  ``MYCA_MOSHI_CPU_THREADS``: the thread count."""
     if not device(env).startswith("cuda") and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = CPU_SPINCOUNT
-    threads = int(env.get("MYCA_MOSHI_CPU_THREADS") or 0)
+    threads = whole(env, "MYCA_MOSHI_CPU_THREADS", 0)
     if threads > 0:  # several services on a CPU host's cores: torch's spinning threads slow each other down
         import torch
 
@@ -341,11 +281,7 @@ def cache_settings(env: dict[str, str]) -> tuple[str, int | None]:
     kv = env.get("MYCA_MOSHI_KV_DTYPE") or "model"
     if kv not in KV_DTYPES:
         raise ValueError(f"MYCA_MOSHI_KV_DTYPE is {kv!r}: expected one of {', '.join(KV_DTYPES)} (moshi_kv_dtype)")
-    raw = env.get("MYCA_MOSHI_CONTEXT_FRAMES") or "0"
-    try:
-        context = int(raw)
-    except ValueError:
-        raise ValueError(f"MYCA_MOSHI_CONTEXT_FRAMES must be a whole number of frames, got {raw!r}") from None
+    context = whole(env, "MYCA_MOSHI_CONTEXT_FRAMES", 0, unit="frames")
     if context and context < MIN_CONTEXT_FRAMES:
         raise ValueError(
             f"MYCA_MOSHI_CONTEXT_FRAMES is {context}: at least {MIN_CONTEXT_FRAMES} frames (5 s), or 0 for the "
@@ -356,14 +292,7 @@ def cache_settings(env: dict[str, str]) -> tuple[str, int | None]:
 
 def memory_budget(env: dict[str, str]) -> int:
     """Bytes of the GPU the service may take (MYCA_MOSHI_MEMORY_BUDGET_GIB; 0: all of it)."""
-    raw = env.get("MYCA_MOSHI_MEMORY_BUDGET_GIB") or "0"
-    try:
-        gib = float(raw)
-    except ValueError:
-        gib = -1
-    if gib < 0:
-        raise ValueError(f"MYCA_MOSHI_MEMORY_BUDGET_GIB is {raw!r}: a number of GiB, 0 for the whole GPU")
-    return int(gib * 2**30)
+    return int(number(env, "MYCA_MOSHI_MEMORY_BUDGET_GIB", 0, unit="GiB (0: the whole GPU)") * 2**30)
 
 
 # --- Weights ------------------------------------------------------------------------------------

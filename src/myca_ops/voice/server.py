@@ -50,17 +50,18 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from myca_ops.sessions import Liveness, Rules, close, end, is_audio, watch
+from myca_ops.sessions import Liveness, close, end, is_audio, watch
 from myca_ops.version import installed
 from myca_ops.voice import model
 from myca_ops.voice.codec import Codec
 from myca_ops.voice.engine import STAGES, SlotEngine, SlotState
-from myca_ops.voice.gpu import GpuCollector, Gpus
+from myca_ops.voice.metrics import Metrics
 from myca_ops.voice.persona import NAME as persona_name
-from myca_ops.voice.persona import NAME_RULE, Persona, Prompt, Prompts, check_voice_name, parse
+from myca_ops.voice.persona import NAME_RULE, Prompt, Prompts, check_voice_name
 from myca_ops.voice.protocol import AUDIO, FRAME_BUDGET_MS, FRAME_SAMPLES, HANDSHAKE, SAMPLE_RATE, TEXT
+from myca_ops.voice.settings import Settings
 from myca_ops.voice.stats import percentile, summary
 
 log = logging.getLogger("myca_ops.voice.server")
@@ -69,174 +70,9 @@ HEALTH_WINDOW_S = 60.0
 BUSY_GRACE_S = 0.1  # a caller who finds every slot taken waits this long for one (a reload after a hang-up)
 MAX_MEASURED_TICKS = 2000  # a measurement's ticks (and warm-up) at most: 160 s of frames
 MAX_QUEUED_FRAMES = 50  # input frames per slot waiting for the model (4 s): more were sent faster than real time
-PAST_CONTEXT = ("wrap", "end")
 PREFILL_TIMEOUT_S = 60.0  # a prompt slower than this on its way to the handshake is a fault, said in the close
 SILENT_TOKENS = (0, 3)  # text ids moshi.server does not send (padding, end of padding)
 STATE: web.AppKey[VoiceServer] = web.AppKey("state")
-
-
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8998
-    slots: int = 0  # 0: from the GPU's free memory (1 on CPU)
-    send_queue: int = 25  # messages per session waiting to be sent (about 2 s of audio)
-    # Bytes a client may leave unread (socket and write buffers) before its answers are dropped:
-    # about 4 s of audio, so a client that stops reading never hears stale speech later.
-    send_buffer_bytes: int = 16384
-    ssl_dir: str = ""
-    mode: str = "unknown"  # as the launcher decided it, for /healthz
-    device: str = "cuda"
-    codec_workers: int = 0  # processes for the sessions' Opus work; 0: on the event loop
-    header_timeout_s: float = 10.0  # a connection that sends no complete request in this time is closed
-    rules: Rules = Rules()  # write stall, idle, session limit, frame budget: as the bridge's
-    personas: tuple[Persona, ...] = ()
-    default_persona: str = ""  # given to a caller who names none; "": no prompt at all
-    allow_client_prompts: bool = False  # PersonaPlex's text_prompt/voice_prompt from the query
-    voice_required: bool = False  # PersonaPlex's model: every conversation starts from a voice prompt
-    max_prompt_chars: int = 1000
-    persona_warm: bool = True  # each persona's state built at start, not by its first caller
-    prefill_steps: int = 4  # a prefilling slot's model steps per tick
-    # A session with a persona that reaches the model's context: wrap (talk on; its prompt leaves
-    # the model's window step by step, as moshi.server's would) or end (closed with the reason).
-    past_context: str = "wrap"
-    voices_dir: str = ""  # the voice files (WAV, or PersonaPlex's .pt); "": the weights folder's voices/
-    # Whether this start found compiled kernels (myca_ops.voice.compile_cache), and when it began.
-    compile_cache: tuple[str, str] = ("unused", "not prepared")
-    started_at: float = field(default_factory=time.monotonic)
-
-    @classmethod
-    def from_env(cls, env: dict[str, str], mode: str) -> Settings:
-        def seconds(name: str, default: float) -> float:
-            raw = env.get(name, "") or str(default)
-            try:
-                return float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-
-        def number(name: str, default: int) -> int:
-            raw = env.get(name, "") or str(default)
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-            if value < 0:
-                raise ValueError(f"{name} must be 0 or more, got {value}")
-            return value
-
-        where = model.device(env)
-        personas = parse(persona_file(env.get("MYCA_MOSHI_PERSONAS_FILE", "")))
-        past_context = env.get("MYCA_MOSHI_PAST_CONTEXT", "") or "wrap"
-        if past_context not in PAST_CONTEXT:
-            raise ValueError(f"MYCA_MOSHI_PAST_CONTEXT is {past_context!r}: expected wrap or end (moshi_past_context)")
-        default = env.get("MYCA_MOSHI_DEFAULT_PERSONA", "")
-        if default and default not in personas:
-            known = ", ".join(personas) or "none"
-            raise ValueError(f"MYCA_MOSHI_DEFAULT_PERSONA is {default!r}, not a configured persona (personas: {known})")
-        voice_required = model.flavour(env) == "personaplex"
-        if voice_required:
-            check_personaplex(personas, default, model.switch(env, "MYCA_MOSHI_HALF"))
-        auto_workers = min(8, max(1, (os.cpu_count() or 1) // 4)) if where.startswith("cuda") else 0
-        return cls(
-            host=env.get("MYCA_MOSHI_HOST", "127.0.0.1"),
-            port=number("MYCA_MOSHI_PORT", 8998),
-            slots=number("MYCA_MOSHI_SLOTS", 0),
-            send_queue=max(1, number("MYCA_MOSHI_SEND_QUEUE", 25)),
-            send_buffer_bytes=number("MYCA_MOSHI_SEND_BUFFER_BYTES", 16384),
-            ssl_dir=env.get("MYCA_MOSHI_SSL_DIR", ""),
-            mode=mode,
-            device=where,
-            codec_workers=number("MYCA_MOSHI_CODEC_WORKERS", auto_workers),
-            header_timeout_s=seconds("MYCA_MOSHI_HEADER_TIMEOUT_S", 10.0),
-            rules=Rules(
-                seconds("MYCA_MOSHI_WRITE_STALL_S", 10.0),
-                seconds("MYCA_MOSHI_IDLE_TIMEOUT_S", 60.0),
-                seconds("MYCA_MOSHI_MAX_SESSION_S", 3600.0),
-                number("MYCA_MOSHI_MAX_FRAMES_PER_S", 200),
-            ).check(),
-            personas=tuple(personas.values()),
-            default_persona=default,
-            allow_client_prompts=model.switch(env, "MYCA_MOSHI_ALLOW_CLIENT_PROMPTS"),
-            voice_required=voice_required,
-            max_prompt_chars=number("MYCA_MOSHI_MAX_PROMPT_CHARS", 1000),
-            persona_warm=model.switch(env, "MYCA_MOSHI_PERSONA_WARM", True),
-            prefill_steps=max(1, number("MYCA_MOSHI_PREFILL_STEPS", 4)),
-            past_context=past_context,
-            voices_dir=env.get("MYCA_MOSHI_VOICES_DIR", "") or str(model.weights_dir(env) / "voices"),
-        )
-
-
-def check_personaplex(personas: dict[str, Persona], default: str, half: bool) -> None:
-    """PersonaPlex's model as NVIDIA trained and serves it: bf16, and a voice prompt before every
-    conversation (the moshi role checks the same before a deploy)."""
-    if half:
-        raise ValueError("MYCA_MOSHI_HALF is on: PersonaPlex's model runs in bf16, never fp16 (moshi_half: false)")
-    if not default:
-        raise ValueError(
-            "PersonaPlex's model needs a default persona with a voice (MYCA_MOSHI_DEFAULT_PERSONA; "
-            "moshi_default_persona): a caller who names none would get no prompt, which it was never trained on"
-        )
-    voiceless = [p.name for p in personas.values() if p.voice is None]
-    if voiceless:
-        raise ValueError(
-            f"persona(s) {', '.join(voiceless)} have no voice: PersonaPlex's model always starts from a voice "
-            "prompt (moshi_personas)"
-        )
-
-
-def persona_file(path: str) -> str:
-    """The personas' JSON (the moshi role writes it from moshi_personas); "" when none is set."""
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ValueError(
-            f"MYCA_MOSHI_PERSONAS_FILE: cannot read {path} ({exc.strerror}); re-run the moshi role"
-        ) from None
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        buckets = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.4)
-        self.tick = Histogram(
-            "myca_moshi_tick_seconds", "One model tick, per stage", ["stage"], buckets=buckets, registry=r
-        )
-        self.frames = Counter("myca_moshi_frames", "80 ms frames stepped", registry=r)
-        self.late = Counter(
-            "myca_moshi_frames_late", "Frames answered more than 80 ms after their audio was complete", registry=r
-        )
-        self.batch = Histogram(
-            "myca_moshi_tick_batch", "Slots stepped per tick", buckets=(1, 2, 4, 8, 16, 32), registry=r
-        )
-        self.slots_used = Gauge("myca_moshi_slots_in_use", "Slots holding a session", registry=r)
-        self.slots_total = Gauge("myca_moshi_slots", "Slots this server has", registry=r)
-        self.sessions = Counter("myca_moshi_sessions", "Sessions by outcome", ["outcome"], registry=r)
-        self.handshake = Histogram(
-            "myca_moshi_handshake_seconds",
-            "From a slot taken to the handshake byte, by how the prompt was made",
-            ["prompt"],
-            buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
-            registry=r,
-        )
-        # At 0 from the start: Prometheus's increase() sees the first refusal.
-        for refused in ("busy", "loading", "refused"):
-            self.sessions.labels(refused)
-        self.dropped = Counter(
-            "myca_moshi_dropped_frames",
-            "Frames dropped: out, answers a client did not read; in, audio sent faster than real time",
-            ["direction"],
-            registry=r,
-        )
-        self.start = Gauge(
-            "myca_moshi_start_seconds",
-            "From the launcher's start to the first caller taken, by whether compiled kernels were found",
-            ["compile_cache"],
-            registry=r,
-        )
-        # The GPU's own health (NVML), read at each scrape; absent on a host without one.
-        r.register(GpuCollector(Gpus()))
 
 
 @dataclass
