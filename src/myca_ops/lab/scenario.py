@@ -47,8 +47,12 @@ def yaml_checks(playbook: Path) -> None:
 
 
 def http_text(host, url: str) -> str:
-    """The body at `url` as `host` (a testinfra host) reaches it: the lab's hosts have no curl."""
+    """The body at `url` as `host` (a testinfra host) reaches it, an error status's too (a 503's
+    JSON says why): the lab's hosts have no curl."""
     fetch = (
-        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+        "import sys, urllib.error, urllib.request\n"
+        "try:\n    answer = urllib.request.urlopen(sys.argv[1], timeout=10)\n"
+        "except urllib.error.HTTPError as error:\n    answer = error\n"
+        "sys.stdout.write(answer.read().decode())"
     )
     return host.check_output(f"python3 -c {shlex.quote(fetch)} {shlex.quote(url)}")
