@@ -12,6 +12,7 @@ from myca_ops.lab.scenario import container, myca_ops, yaml_checks
 
 DATA = "/var/tmp/myca-docker-lab/moshi/data"
 ENGINE = testinfra.get_host("local://")  # the lab host shares this machine's Docker engine
+LAB_HOST, MOSHI = container("myca-docker-host"), container("moshi")
 
 
 def test_verify_measures_the_step_in_the_containers_mode_and_hears_the_voice():
@@ -34,17 +35,17 @@ def test_moshi_runs_its_own_image_as_its_user_with_the_weights_read_only():
     assert f"{DATA}/weights:{DATA}/weights:ro" in host_config["Binds"]
 
 
-def test_the_image_fetched_the_weights_from_the_hub_and_the_host_has_no_moshi_venv(lab_host):
+def test_the_image_fetched_the_weights_from_the_hub_and_the_host_has_no_moshi_venv():
     assert "myca-moshi: lab/moshi@1ab0000000000000000000000000000000000001 ready" in (
-        lab_host.file(f"{DATA}/fetch.log").content_string
+        LAB_HOST.file(f"{DATA}/fetch.log").content_string
     )
-    model = lab_host.file(f"{DATA}/weights/model.safetensors")
+    model = LAB_HOST.file(f"{DATA}/weights/model.safetensors")
     assert model.is_symlink and model.linked_to.startswith(f"{DATA}/hf-cache/models--lab--moshi/blobs/")
-    assert not lab_host.file("/opt/moshi/venv").exists
+    assert not LAB_HOST.file("/opt/moshi/venv").exists
 
 
-def test_a_caller_hears_audio_and_text_opus_both_ways(moshi):
-    out = moshi.check_output(
+def test_a_caller_hears_audio_and_text_opus_both_ways():
+    out = MOSHI.check_output(
         "/opt/moshi/venv/bin/python -m myca_ops.voice.probe --url ws://127.0.0.1:8998/api/chat --seconds 2"
     )
     result = json.loads(out)
@@ -52,7 +53,7 @@ def test_a_caller_hears_audio_and_text_opus_both_ways(moshi):
     assert result["handshake_ms"] > 0 and result["audio_received_s"] > 1, result
 
 
-def test_a_killed_moshi_is_started_again_by_the_engine_and_answers(moshi):
+def test_a_killed_moshi_is_started_again_by_the_engine_and_answers():
     before = ENGINE.docker("moshi").inspect()
     # The server, the child of the container's init, killed from the engine's side: a crash.
     ENGINE.run_expect([0], f"pkill -KILL --parent {before['State']['Pid']}")
@@ -63,11 +64,11 @@ def test_a_killed_moshi_is_started_again_by_the_engine_and_answers(moshi):
             break
         assert time.monotonic() < deadline, f"not started again within 60 s: {state['State']}"
         time.sleep(2)
-    moshi.run_expect([0], "/opt/moshi/venv/bin/myca-moshi wait --url ws://127.0.0.1:8998/api/chat --timeout 120")
+    MOSHI.run_expect([0], "/opt/moshi/venv/bin/myca-moshi wait --url ws://127.0.0.1:8998/api/chat --timeout 120")
 
 
-def test_the_mas_runs_in_containers_with_asyncpg_beside_postgresql_on_the_host(lab_host):
-    assert lab_host.service("postgresql").is_running
+def test_the_mas_runs_in_containers_with_asyncpg_beside_postgresql_on_the_host():
+    assert LAB_HOST.service("postgresql").is_running
     for name in ("myca-mas", "myca-collector-host", "myca-collector-voice"):
         assert ENGINE.docker(name).is_running, name
     imports = json.loads(container("myca-mas").check_output("/opt/myca-mas/venv/bin/myca-mas import-check"))

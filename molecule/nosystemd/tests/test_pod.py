@@ -3,7 +3,9 @@ a killed Moshi brought back, and the status read back through myca-ops."""
 
 import time
 
-from myca_ops.lab.scenario import myca_ops
+from myca_ops.lab.scenario import container, myca_ops
+
+POD = container("myca-nosd-pod")
 
 PROGRAMS = [
     "moshi",
@@ -15,14 +17,14 @@ PROGRAMS = [
 ]
 
 
-def running(pod) -> list[str]:
-    status = pod.run("supervisorctl status")  # exit 3: a program not running (then it is not listed)
+def running() -> list[str]:
+    status = POD.run("supervisorctl status")  # exit 3: a program not running (then it is not listed)
     return sorted(line.split()[0] for line in status.stdout.splitlines() if " RUNNING " in line)
 
 
-def test_there_is_no_systemd_and_every_service_runs_under_supervisord(pod):
-    assert pod.file("/proc/1/comm").content_string.strip() == "sleep"
-    assert running(pod) == PROGRAMS
+def test_there_is_no_systemd_and_every_service_runs_under_supervisord():
+    assert POD.file("/proc/1/comm").content_string.strip() == "sleep"
+    assert running() == PROGRAMS
 
 
 def test_verify_measures_the_voice_through_the_bridge_and_finds_the_mas_ok():
@@ -33,16 +35,16 @@ def test_verify_measures_the_voice_through_the_bridge_and_finds_the_mas_ok():
     assert mas["status"] == "ok" and int(mas["collectors_running"]) == 2, mas
 
 
-def test_a_killed_moshi_is_brought_back_and_answers_again(pod):
-    before = pod.check_output("supervisorctl pid moshi")
-    pod.run_expect([0], f"python3 -c 'import os, signal; os.kill({before}, signal.SIGKILL)'")  # a crash
+def test_a_killed_moshi_is_brought_back_and_answers_again():
+    before = POD.check_output("supervisorctl pid moshi")
+    POD.run_expect([0], f"python3 -c 'import os, signal; os.kill({before}, signal.SIGKILL)'")  # a crash
     deadline = time.monotonic() + 30
-    while pod.run("supervisorctl pid moshi").stdout.strip() in ("0", before) and time.monotonic() < deadline:
+    while POD.run("supervisorctl pid moshi").stdout.strip() in ("0", before) and time.monotonic() < deadline:
         time.sleep(1)
-    assert pod.check_output("supervisorctl pid moshi") not in ("0", before)
-    pod.run_expect([0], "/opt/moshi/venv/bin/myca-moshi wait --url ws://127.0.0.1:8998/api/chat --timeout 120")
+    assert POD.check_output("supervisorctl pid moshi") not in ("0", before)
+    POD.run_expect([0], "/opt/moshi/venv/bin/myca-moshi wait --url ws://127.0.0.1:8998/api/chat --timeout 120")
     # Its output goes to its log file: a line per start, the first and the one after the kill.
-    assert pod.file("/var/log/myca-ops/moshi.log").content_string.count("myca-moshi:") >= 2
+    assert POD.file("/var/log/myca-ops/moshi.log").content_string.count("myca-moshi:") >= 2
 
 
 def test_status_has_a_row_per_group_every_service_active_under_supervisord():

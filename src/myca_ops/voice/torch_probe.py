@@ -19,18 +19,14 @@ def facts() -> dict:
     out: dict = {
         "system": platform.system(),
         "python": sys.executable,
-        "torch_version": None,
         "torch_cuda_available": False,
-        "torch_cuda_version": None,
         "torch_devices": [],
         "torch_arch_list": [],
-        "triton_version": None,
         "triton_compiles": False,
-        "triton_error": None,
-        "probe_error": None,
         "c_compiler": shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc"),
         "python_headers": os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")),
     }
+    out.update(dict.fromkeys(("torch_version", "torch_cuda_version", "triton_version", "triton_error", "probe_error")))
     try:
         import torch
     except Exception as exc:
