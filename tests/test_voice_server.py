@@ -396,7 +396,9 @@ def test_a_load_test_of_three_callers_on_two_slots_names_the_refused_one(batched
     png = timeline.render(result, tmp_path / "loadtest.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = timeline.table(result)
-    assert "refused" in text and text.count("\n") == len(callers) + 2
+    header, *rows, summary = text.splitlines()  # a row a caller, between the header and the summary
+    assert header.split()[:2] == ["caller", "start"] and len(rows) == len(callers)
+    assert rows[-1].split()[-2:] == ["1013", "refused"] and "1 refused of 3 callers" in summary
 
 
 def test_verify_measures_the_served_engine_beside_a_caller_who_is_not_cut(batched, solo_answers, run_module, tmp_path):
