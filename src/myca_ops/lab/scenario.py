@@ -29,7 +29,8 @@ def container(name: str):
 def myca_ops(command: str, *args: str) -> dict:
     """`myca-ops COMMAND` on the scenario's inventory, expected to succeed: its JSON result."""
     argv = [str(Path(sys.executable).parent / "myca-ops"), command, str(inventory()), "--json", *args]
-    out = subprocess.run(argv, cwd=PROJECT, stdout=subprocess.PIPE, text=True)  # progress: stderr, as it runs
+    # Its progress (stderr) onto the test's own output, which molecule shows as it comes; its result on stdout.
+    out = subprocess.run(argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=1, text=True)
     try:
         body = json.loads(out.stdout)
     except ValueError:
