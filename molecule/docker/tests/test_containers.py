@@ -17,7 +17,7 @@ LAB_HOST, MOSHI = container("myca-docker-host"), container("moshi")
 
 
 def test_verify_measures_the_step_in_the_containers_mode_and_hears_the_voice():
-    report = myca_ops("verify", "-e", "verify_frames=30", "-e", "verify_probe_seconds=4")["verify"]
+    report = myca_ops("verify", {"verify_frames": 30, "verify_probe_seconds": 4})["verify"]
     gpu, mas = report["gpu_hosts"][0], report["mas_hosts"][0]
     assert gpu["host"] == "myca-docker-host" and gpu["mode"] == "cpu", gpu
     assert float(gpu["step_p99_ms"]) > 0 and float(gpu["first_audio_ms"]) > 0, gpu

@@ -28,7 +28,7 @@ def test_there_is_no_systemd_and_every_service_runs_under_supervisord():
 
 
 def test_verify_measures_the_voice_through_the_bridge_and_finds_the_mas_ok():
-    report = myca_ops("verify", "-e", "verify_frames=30", "-e", "verify_probe_seconds=4")["verify"]
+    report = myca_ops("verify", {"verify_frames": 30, "verify_probe_seconds": 4})["verify"]
     gpu, bridge, mas = report["gpu_hosts"][0], report["bridge_hosts"][0], report["mas_hosts"][0]
     assert gpu["host"] == "myca-nosd-pod" and float(gpu["step_p99_ms"]) > 0, gpu
     assert float(bridge["first_audio_ms"]) > 0, bridge

@@ -40,8 +40,12 @@ def test_haproxy_has_both_servers_up_each_taking_as_many_sessions_as_it_has_slot
 def test_four_callers_one_per_slot_are_all_served_two_from_each_gpu_host():
     body = myca_ops(
         "loadtest",
-        *("--callers", "4", "--seconds", "3", "--from", "myca-pool-gpu-a,myca-pool-gpu-b"),
-        *("-e", "loadtest_stagger_s=0.3"),
+        {
+            "loadtest_callers": 4,
+            "loadtest_seconds": 3,
+            "loadtest_from": ["myca-pool-gpu-a", "myca-pool-gpu-b"],
+            "loadtest_stagger_s": 0.3,
+        },
     )
     load = body["loadtest"]
     callers = load["callers"]

@@ -1,10 +1,9 @@
 """What the molecule scenarios' testinfra tests share (molecule/*/tests): a container of the
 scenario through testinfra's docker connection, and myca-ops, the operator's command, run on the
-scenario's inventory with its progress shown as it runs."""
+scenario's inventory through the runner, its progress shown as it runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -26,18 +25,23 @@ def container(name: str):
     return testinfra.get_host(f"docker://{name}")
 
 
-def myca_ops(command: str, *args: str) -> dict:
-    """`myca-ops COMMAND` on the scenario's inventory, expected to succeed: its JSON result."""
-    argv = [str(Path(sys.executable).parent / "myca-ops"), command, str(inventory()), "--json", *args]
-    # Its progress (stderr) onto the test's own output, which molecule shows as it comes; its result on stdout.
-    out = subprocess.run(argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=1, text=True)
+def myca_ops(command: str, extravars: dict | None = None) -> dict:
+    """`myca-ops COMMAND` (verify, status, loadtest) on the scenario's inventory through the runner,
+    its progress on the test's output as it runs (molecule shows it), expected to succeed: its result."""
+    from myca_ops.runner import deploy
+    from myca_ops.runner.cli import PLAYBOOKS, Progress
+
+    progress = Progress(stream=sys.stdout)
     try:
-        body = json.loads(out.stdout)
-    except ValueError:
-        raise AssertionError(
-            f"myca-ops {command} exited {out.returncode} with no result (its stderr is above)"
-        ) from None
-    assert out.returncode == 0, f"myca-ops {command} exited {out.returncode}: {body['failures'] or body['errors']}"
+        result = deploy(
+            str(inventory()), playbook=PLAYBOOKS[command], extravars=extravars, on_event=progress, project=PROJECT
+        )
+    finally:
+        progress.stop()
+    body = result.to_dict()
+    assert result.exit_code() == 0, (
+        f"myca-ops {command}: exit {result.exit_code()}: {body['failures'] or body['errors']}"
+    )
     return body
 
 
