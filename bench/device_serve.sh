@@ -31,7 +31,7 @@ for n in $loads; do
   echo "device_serve: $n callers ($(date -u +%T))"
   cpu0=$(server_cpu)
   t0=$(date +%s.%N)
-  "$python" -m myca_ops.voice.probe --callers "$n" --seconds 10 --stagger 0.05 --timing-only >"$out/load_$n.json"
+  "$python" -m myca_ops.voice.loadtest --callers "$n" --seconds 10 --stagger 0.05 --timing-only >"$out/load_$n.json"
   t1=$(date +%s.%N)
   cpu1=$(server_cpu)
   curl -s localhost:8998/healthz >"$out/health_$n.json"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from myca_ops.lab.processes import batched_moshi
 from myca_ops.voice.health import check
-from myca_ops.voice.probe import crowd
+from myca_ops.voice.loadtest import crowd
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")

@@ -23,7 +23,7 @@ from pathlib import Path
 from myca_ops.lab.callers import rss_mb
 from myca_ops.lab.processes import batched_moshi, free_port, process
 from myca_ops.voice.health import check
-from myca_ops.voice.probe import crowd
+from myca_ops.voice.loadtest import crowd
 
 ROOT = Path(__file__).resolve().parent.parent
 
