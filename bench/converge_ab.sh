@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A warm converge of the lab (site.yml less verify, on converged lab hosts), the roles of REV
-# against this checkout's, alternated: both with this checkout's src/ (copied with its times, so
+# against this checkout's, alternated: both with this checkout's src/ and pyproject.toml (copied, so
 # the wheel is the same and nothing restarts), each run's time and its hosts' changed count.
 # Needs the lab hosts (`make lab-hosts`) converged by this checkout first.
 #   bench/converge_ab.sh REV [RUNS]     (default 3 each)
@@ -10,7 +10,7 @@ rev=$1 runs=${2:-3}
 old=$(mktemp -d)
 trap 'git worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
 git worktree add --detach -q "$old" "$rev"
-rm -rf "$old/src" && cp -a src "$old/src" && ln -s "$PWD/.venv" "$old/.venv" && ln -s "$PWD/.lab" "$old/.lab"
+rm -rf "$old/src" && cp -a src "$old/src" && cp -a pyproject.toml "$old/" && ln -s "$PWD/.venv" "$old/.venv" && ln -s "$PWD/.lab" "$old/.lab"
 converge() {  # DIR: seconds and changed tasks of one converge from that checkout
   local t0 t1 out
   t0=$(date +%s.%N)
