@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,8 +154,10 @@ def _triton_install(facts: dict) -> str:
 def probe(python: str = sys.executable, timeout: float = 300, extra_env: dict | None = None) -> dict:
     """:mod:`myca_ops.voice.torch_probe` run by `python` (any interpreter with torch: it imports
     nothing of this package), its caches in a temporary folder (facts never change the host)."""
-    script = Path(__file__).with_name("torch_probe.py")  # a file: triton.jit reads source, no `python -c`
     with tempfile.TemporaryDirectory(prefix="moshi-probe-") as tmp:
+        # A copy, run as a file (triton.jit reads source: no `python -c`) from a folder of its own, so
+        # this package's modules (stats, codec, settings...) never shadow a name torch imports.
+        script = Path(shutil.copy(Path(__file__).with_name("torch_probe.py"), tmp))
         env = dict(os.environ, TRITON_CACHE_DIR=f"{tmp}/triton", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor")
         env.update(extra_env or {})
         try:
