@@ -232,8 +232,8 @@ def test_personaplexs_own_server_gets_a_venv_of_its_packages_pins(tmp_path):
     play.write_text(
         "- hosts: localhost\n  gather_facts: false\n"
         f"  vars_files: [{ROOT}/roles/moshi/defaults/main.yml, {ROOT}/roles/moshi/vars/main.yml,"
-        f" {ROOT}/roles/python_service/vars/main.yml]\n"
-        "  vars: {python_service_pip_steps: '{{ moshi_pip_steps }}'}\n"
+        f" {ROOT}/roles/python_service/defaults/main.yml, {ROOT}/roles/python_service/vars/main.yml]\n"
+        "  vars: {python_service_record: '{{ moshi_service }}'}\n"
         "  tasks:\n    - ansible.builtin.copy: {content: '{{ moshi_pip_steps | to_json }}', dest: "
         f"{tmp_path}/steps.json, mode: '0644'}}\n"
         "    - ansible.builtin.copy: {content: '{{ python_service_pip_git | to_json }}', dest: "
@@ -419,16 +419,31 @@ def test_every_argument_spec_default_is_the_roles_default():
     import yaml
 
     given, drifted = 0, []
+
+    def compare(where: str, options: dict, defaults: dict) -> None:
+        nonlocal given
+        for name, option in options.items():
+            if "default" in option:
+                given += 1
+                if defaults.get(name, "(none)") != option["default"]:
+                    drifted.append(
+                        f"{where}: {name}: spec {option['default']!r}, defaults {defaults.get(name, '(none)')!r}"
+                    )
+
     for spec in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
         role = spec.parts[-3]
         defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
         for entry in yaml.safe_load(spec.read_text())["argument_specs"].values():
-            for name, option in (entry.get("options") or {}).items():
-                if "default" in option:
-                    given += 1
-                    if defaults.get(name, "(none)") != option["default"]:
-                        drifted.append(
-                            f"roles/{role}: {name}: spec {option['default']!r}, defaults/main.yml {defaults.get(name, '(none)')!r}"
-                        )
+            compare(f"roles/{role}", entry.get("options") or {}, defaults)
+    # A service's record (python_service_record): its fields' defaults are python_service_defaults.
+    record = yaml.safe_load((ROOT / "roles/python_service/meta/argument_specs.yml").read_text())["argument_specs"]
+    record_defaults = yaml.safe_load((ROOT / "roles/python_service/defaults/main.yml").read_text())[
+        "python_service_defaults"
+    ]
+    compare(
+        "roles/python_service: python_service",
+        record["main"]["options"]["python_service_record"]["options"],
+        record_defaults,
+    )
     assert given > 200  # the specs were read
     assert not drifted, "\n".join(drifted)

@@ -13,12 +13,12 @@ from conftest import BIN, ROOT, ansible_env
 # the shared hardening drop-in.
 UNIT = ("python_service", "unit.service.j2")
 RENDERED = {
-    "moshi.service": (*UNIT, {"item": "{{ moshi_programs[0] }}"}, "moshi"),
-    "myca-bridge.service": (*UNIT, {"item": "{{ bridge_programs[0] }}"}, "bridge"),
-    "myca-mas.service": (*UNIT, {"item": "{{ mas_programs[0] }}"}, "mas"),
-    "myca-collector@.service": (*UNIT, {"item": "{{ mas_programs[1] }}"}, "mas"),
-    "myca-mas-backup.service": (*UNIT, {"item": "{{ mas_programs[2] }}"}, "mas"),
-    "myca-mas-backup.timer": ("python_service", "unit.timer.j2", {"item": "{{ mas_programs[2] }}"}, "mas"),
+    "moshi.service": (*UNIT, {"item": "{{ moshi_service.programs[0] }}"}, "moshi"),
+    "myca-bridge.service": (*UNIT, {"item": "{{ bridge_service.programs[0] }}"}, "bridge"),
+    "myca-mas.service": (*UNIT, {"item": "{{ mas_service.programs[0] }}"}, "mas"),
+    "myca-collector@.service": (*UNIT, {"item": "{{ mas_service.programs[1] }}"}, "mas"),
+    "myca-mas-backup.service": (*UNIT, {"item": "{{ mas_service.programs[2] }}"}, "mas"),
+    "myca-mas-backup.timer": ("python_service", "unit.timer.j2", {"item": "{{ mas_service.programs[2] }}"}, "mas"),
     "mas.env": (
         "mas",
         "mas.env.j2",
@@ -27,9 +27,15 @@ RENDERED = {
     "hardening-moshi.conf": (
         "python_service",
         "hardening.conf.j2",
-        {"python_service_write_paths": ["/var/lib/moshi"], "python_service_private_devices": False},
+        {"python_service_record": "{{ moshi_service }}"},
+        "moshi",
     ),
-    "hardening-bridge.conf": ("python_service", "hardening.conf.j2", {"python_service_memory_max": "256M"}),
+    "hardening-bridge.conf": (
+        "python_service",
+        "hardening.conf.j2",
+        {"python_service_record": "{{ bridge_service }}"},
+        "bridge",
+    ),
 }
 
 
@@ -50,26 +56,30 @@ def files(tmp_path_factory) -> dict[str, str]:
                 "vars": extra,
             }
         )
-    roles = {spec[0] for spec in RENDERED.values()} | {spec[3] for spec in RENDERED.values() if len(spec) > 3}
+    # stack: the topology the roles' defaults read, here of one host in every group (a pod).
+    roles = (
+        {"stack"} | {spec[0] for spec in RENDERED.values()} | {spec[3] for spec in RENDERED.values() if len(spec) > 3}
+    )
     vars_files = [
         str(p)
         for r in sorted(roles)
         for p in (ROOT / "roles" / r).glob("*/main.yml")
         if p.parent.name in ("defaults", "vars")
     ]
-    play = [{"hosts": "localhost", "gather_facts": False, "vars_files": vars_files, "tasks": tasks}]
+    play = [{"hosts": "pod", "gather_facts": False, "vars_files": vars_files, "tasks": tasks}]
     path = tmp_path / "render.yml"
     path.write_text(yaml.safe_dump(play))
+    pod = {"hosts": {"pod": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}
+    inventory = tmp_path / "pod.yml"
+    inventory.write_text(
+        yaml.safe_dump({"all": {"children": {g: pod for g in ("gpu_hosts", "bridge_hosts", "mas_hosts")}}})
+    )
     out = subprocess.run(
         [
             str(BIN / "ansible-playbook"),
             "-i",
-            "localhost,",
-            "-c",
-            "local",
+            str(inventory),
             str(path),
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
         ],
         capture_output=True,
         text=True,
@@ -115,7 +125,8 @@ def test_units_say_what_runs_and_the_drop_in_how_it_is_confined(files):
     assert moshi["PrivateDevices"] == "false"  # the GPU's device files
     bridge = ini(files["hardening-bridge.conf"])["Service"]
     assert bridge["PrivateDevices"] == "true" and "ReadWritePaths" not in bridge
-    assert (bridge["MemoryMax"], bridge["LimitNOFILE"]) == ("256M", "4096")
+    # Every connection (4096), a socket upstream per session (the pod's 64 slots), 256 for its own files.
+    assert (bridge["MemoryMax"], bridge["LimitNOFILE"]) == ("256M", "4416")
 
 
 def test_the_mas_env_file_escapes_the_password_in_the_dsn(files):
