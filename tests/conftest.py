@@ -1,4 +1,5 @@
 import base64
+import configparser
 import json
 import os
 import socket
@@ -214,3 +215,11 @@ def prometheus(tmp_path_factory):
     ]
     with process(argv, port, root / "prometheus.log"):
         yield f"http://127.0.0.1:{port}"
+
+
+def ini(text: str) -> configparser.ConfigParser:
+    """A systemd unit or supervisord program file, its keys as written."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    return parser

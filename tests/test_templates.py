@@ -1,13 +1,12 @@
 """The roles' templates rendered with the roles' own defaults, as a host would get them."""
 
-import configparser
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, ansible_env
+from conftest import BIN, ROOT, ansible_env, ini
 
 # (role, template, extra variables): the unit files (one template, each role's programs) and
 # the shared hardening drop-in.
@@ -87,13 +86,6 @@ def files(tmp_path_factory) -> dict[str, str]:
     )
     assert out.returncode == 0, out.stdout
     return {name: (tmp_path / name).read_text() for name in RENDERED}
-
-
-def ini(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str
-    parser.read_string(text)
-    return parser
 
 
 def test_units_say_what_runs_and_the_drop_in_how_it_is_confined(files):

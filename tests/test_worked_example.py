@@ -2,7 +2,6 @@
 its record passes python_service's argument spec, and gives the units, the supervisord program,
 the container's argv and image, and the names `myca-ops status` reads."""
 
-import configparser
 import json
 import re
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, ansible_env
+from conftest import BIN, ROOT, ansible_env, ini
 
 
 def example_files() -> dict[str, str]:
@@ -20,7 +19,7 @@ def example_files() -> dict[str, str]:
     block = re.search(r"For example, a `myca-notes`.*?```yaml\n(.*?)```", text, re.S)
     assert block, "ARCHITECTURE.md has no worked example"
     parts = re.split(r"^# (roles/notes/\S+)\n", block.group(1), flags=re.M)
-    return {path: "---\n" + body for path, body in zip(parts[1::2], parts[2::2])}
+    return {path: "---\n" + body for path, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +121,6 @@ def built(tmp_path_factory) -> dict:
         "docker": build("-e", "stack_service_manager=systemd", "-e", "notes_runtime=docker"),
         "dir": tmp,
     }
-
-
-def ini(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str
-    parser.read_string(text)
-    return parser
 
 
 def test_the_example_runs_as_a_hardened_unit_under_systemd(built):
