@@ -49,3 +49,14 @@ def myca_ops(command: str, *args: str) -> subprocess.CompletedProcess:
     argv = [str(EPHEMERAL / "setup-venv" / "bin" / "myca-ops"), command, str(INVENTORY), *args]
     argv += ["--vault-password-file", str(VAULT_PASSWORD_FILE)]
     return subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, env=env)
+
+
+def vaulted() -> dict[str, str]:
+    """The scenario's secrets: every value of its vault files, opened with its password file."""
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault = VaultLib([("default", VaultSecret(VAULT_PASSWORD_FILE.read_bytes().strip()))])
+    secrets: dict[str, str] = {}
+    for path in sorted(SCENARIO.glob("group_vars/*/vault.yml")):
+        secrets |= yaml.safe_load(vault.decrypt(path.read_bytes()))
+    return secrets

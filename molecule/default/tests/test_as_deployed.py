@@ -1,5 +1,6 @@
 """The scenario's YAML checks (verify.yml beside this folder: the verify play, the voice, the
-bridge and website, the MAS's outage and restore, hardening, the firewall, monitoring), first."""
+bridge and website, the MAS's outage and restore, the certificate, the firewall, the status as
+an operator reads it, monitoring), first."""
 
 from conftest import SCENARIO
 from myca_ops.lab.scenario import yaml_checks

@@ -1,7 +1,13 @@
 """The production shape as the hosts hold it: ssh on the operator's port, TLS with the operator's
-CA on the public and the bridge-to-Moshi hops, the vault's secrets in the services' files only."""
+CA on the public and the bridge-to-Moshi hops, the vault's secrets in the services' files only and
+nowhere else, each unit confined by the shared hardening drop-in."""
+
+import re
+from pathlib import Path
 
 import pytest
+
+from conftest import EPHEMERAL, vaulted
 
 CA = "/usr/local/share/ca-certificates/myca-extra-ca.crt"  # roles/common: the bundle with the scenario's CA
 
@@ -41,3 +47,40 @@ def test_the_website_host_holds_a_ticket_key_and_no_service_token(bridge_host):
     assert env.contains("^MYCA_VOICE_TICKET_KEY=molecule-vaulted-ticket-key-3c8f0a2e7d41b96f$")
     assert not env.contains("molecule-vaulted-bridge-token") and not env.contains("token=")
     assert env.contains("^NEXT_PUBLIC_PERSONAPLEX_WS_URL=wss://myca-mol-bridge:8999/api/chat")
+
+
+# Exposure ceilings (systemd-analyze security: 0 best, 10 worst) of the shared hardening drop-in;
+# Moshi keeps the GPU's device files; myca-website-dev is the lab's stand-in website.
+CEILINGS = [
+    ("gpu_host", "moshi", 5.0),
+    ("bridge_host", "myca-bridge", 4.0),
+    ("bridge_host", "myca-website-dev", 4.0),
+    ("mas_host", "myca-mas", 4.0),
+    ("mas_host", "myca-collector@host", 4.0),
+    ("mas_host", "myca-mas-backup", 4.0),
+]
+
+
+@pytest.mark.parametrize("fixture, unit, ceiling", CEILINGS)
+def test_systemd_confines_each_service_within_its_exposure_ceiling(request, fixture, unit, ceiling):
+    out = request.getfixturevalue(fixture).run(f"systemd-analyze security --no-pager {unit}")
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout)
+    assert out.rc == 0 and exposure, out.stdout + out.stderr
+    assert float(exposure.group(1)) <= ceiling, f"{unit}: exposure {exposure.group(1)} is over {ceiling}"
+
+
+def test_no_vaulted_secret_is_in_the_deploys_verbose_output_or_a_command_line(gpu_host, bridge_host, mas_host):
+    """Every value of the scenario's vault files, looked for in the idempotence step's deploy
+    (converge.yml: myca-ops at -vvv, every task's arguments and results) and in every process's
+    command line on the hosts (what `ps` shows any user)."""
+    secrets = vaulted()
+    assert len(secrets) == 4  # the bridge's token, the ticket key, the events token, the database password
+    run = Path((EPHEMERAL / "last-deploy-run").read_text().strip())
+    deploy = "".join(p.read_text(errors="replace") for p in run.glob("artifacts/*/stdout"))
+    assert "SSH: EXEC ssh" in deploy  # really -vvv, over ssh
+    lines = [
+        host.check_output("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done")
+        for host in (gpu_host, bridge_host, mas_host)
+    ]
+    seen = deploy + "\n".join(lines)
+    assert [name for name, value in secrets.items() if value in seen] == []
