@@ -66,7 +66,9 @@ def test_a_caller_more_waits_for_a_slot_and_one_past_the_queue_time_is_told_busy
     result = json.loads(out)
     assert [held["served"] for held in result["held"]] == [True] * 4, result
     assert result["queued_while_full"] and result["queued"]["served"], result
-    assert 0.9 <= result["queued"]["waited_s"] < 3.0, result
+    # Served, so within HAProxy's 3 s queue time by the server's clock; no upper bound on the
+    # caller's own clock, which a busy machine stretches.
+    assert result["queued"]["waited_s"] >= 0.9, result
     past = result["past_the_queue"]
     assert not past["served"] and past["waited_s"] >= 2.9 and past["close_code"] == 1013, result
     assert past["reason"] == "busy: all 4 slots in use; try again later"
