@@ -6,8 +6,6 @@ import subprocess
 import pytest
 from test_role_arguments import run_play
 
-from conftest import ROOT
-
 pytestmark = pytest.mark.lab  # needs the Docker engine, which `make lab-image` starts
 
 # A line of 64 characters: with its newline, a frame of 65 bytes, whose size byte is "A" (the
@@ -45,10 +43,23 @@ def last_log_lines(tmp_path, container: str) -> list[str]:
 - hosts: localhost
   gather_facts: false
   vars:
-    python_service_manager: docker
-    python_service_processes: [{{process: "{container}"}}]
+    stack_service_manager: systemd
   tasks:
-    - ansible.builtin.include_tasks: {ROOT}/roles/python_service/tasks/last_log_lines.yml
+    - ansible.builtin.include_role:
+        name: python_service
+        tasks_from: last_log_lines
+      vars:
+        python_service_record:
+          name: pytest
+          label: a docker service
+          handler: Restart it
+          user: nobody
+          user_home: /nonexistent
+          home: /nonexistent
+          pip_steps: []
+          wheel: unused.whl
+          runtime: docker
+          programs: [{{name: "{container}", description: its container, command: /bin/true, user: nobody}}]
     - ansible.builtin.copy: {{content: "{{{{ python_service_last_log_lines }}}}", dest: "{out}"}}
 """)
     run = run_play(play)
