@@ -3,7 +3,6 @@ CA on the public and the bridge-to-Moshi hops, the vault's secrets in the servic
 nowhere else, each unit confined by the shared hardening drop-in."""
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -70,13 +69,14 @@ def test_systemd_confines_each_service_within_its_exposure_ceiling(request, fixt
 
 
 def test_no_vaulted_secret_is_in_the_deploys_verbose_output_or_a_command_line(gpu_host, bridge_host, mas_host):
-    """Every value of the scenario's vault files, looked for in the idempotence step's deploy
-    (converge.yml: myca-ops at -vvv, every task's arguments and results) and in every process's
-    command line on the hosts (what `ps` shows any user)."""
+    """Every value of the scenario's vault files, looked for in the converge's and the idempotence
+    step's deploys (converge.yml: myca-ops at -vvv, every task's arguments and results) and in
+    every process's command line on the hosts (what `ps` shows any user)."""
     secrets = vaulted()
     assert len(secrets) == 4  # the bridge's token, the ticket key, the events token, the database password
-    run = Path((EPHEMERAL / "last-deploy-run").read_text().strip())
-    deploy = "".join(p.read_text(errors="replace") for p in run.glob("artifacts/*/stdout"))
+    outputs = sorted((EPHEMERAL / "deploys").glob("*/stdout"))
+    assert len(outputs) == 2, outputs
+    deploy = "".join(p.read_text(errors="replace") for p in outputs)
     assert "SSH: EXEC ssh" in deploy  # really -vvv, over ssh
     lines = [
         host.check_output("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done")

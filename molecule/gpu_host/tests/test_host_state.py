@@ -11,7 +11,7 @@ import yaml
 
 from myca_ops.lab.scenario import PROJECT, container, yaml_checks
 
-HOST = container("myca-mol-gpu-host")
+HOST = container("myca-mol-gpu-role")
 FIXTURE = "/tmp/wsl-fixture"  # converge.yml's
 PROFILE = f"{FIXTURE}/mnt/c/Users/lab"
 TASK = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"
