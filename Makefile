@@ -67,9 +67,9 @@ $(TSC): tests/ts/package.json tests/ts/package-lock.json
 	@npm ci --prefix tests/ts --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# The fast tier: no Docker, no PostgreSQL, no weights (tests marked `lab` are left out), on every core.
+# The fast tier: no Docker, no PostgreSQL, no weights (tests marked `lab` are left out).
 test-fast: prereqs lint $(TSC)  ## lint, then the tests that need no Docker, PostgreSQL or weights
-	$(BIN)/pytest -m "not lab" -n auto
+	$(BIN)/pytest -m "not lab"
 
 # The lab tier: the tests that need weights, moshi, PostgreSQL or Docker.
 pytest: lab-assets  ## the lab tier of pytest (weights, moshi, PostgreSQL, Docker)
