@@ -76,22 +76,21 @@ pytest: lab-assets  ## the lab tier of pytest (weights, moshi, PostgreSQL, Docke
 	$(BIN)/pytest -m lab
 
 # Two scenarios at a time: one mostly waits on a single Ansible process, so two share the two
-# cores (docker and nosystemd side by side: 362 s, against 657 s one after the other). First the
-# scenarios of FIRST, longest first so that the two lanes end together, and any scenario not named
-# here; then `pool` with only `gpu_host` beside it (about 2 minutes, over before pool's converge
-# ends): pool's rolling deploy and queue time CPU Moshi on two hosts, and beside `default` its
-# callers' audio stalled for over a second. The scenarios' containers, networks and ports are
-# their own. Each line says its scenario; after a failure no new scenario starts (the one beside
-# it finishes). MOLECULE_JOBS=1 runs them one after the other.
+# cores (docker and nosystemd side by side: 362 s, against 657 s one after the other). Longest
+# first, so that the two lanes end together; a scenario not named here runs last. `pool` runs
+# alone, after the others: its rolling deploy and queue time CPU Moshi on two hosts, and beside
+# `default` its callers' audio stalled for over a second. The scenarios' containers, networks and
+# ports are their own. Each line says its scenario; after a failure no new scenario starts (the
+# one beside it finishes). MOLECULE_JOBS=1 runs them one after the other.
 MOLECULE_JOBS ?= 2
-FIRST := default docker nosystemd
-LAST := pool gpu_host
+LONGEST_FIRST := default docker nosystemd gpu_host
+ALONE := pool
 ALL_SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-SCENARIOS := $(filter $(ALL_SCENARIOS),$(FIRST) $(LAST)) $(sort $(filter-out $(FIRST) $(LAST),$(ALL_SCENARIOS)))
-molecule_phase = $(if $(1),$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) $(addprefix molecule-,$(1)))
-molecule: lab-assets  ## molecule test for every scenario, two at a time (pool with gpu_host only), each timed
-	@$(call molecule_phase,$(filter-out $(LAST),$(SCENARIOS)))
-	@$(call molecule_phase,$(filter $(LAST),$(SCENARIOS)))
+SCENARIOS := $(filter $(ALL_SCENARIOS),$(LONGEST_FIRST) $(ALONE)) $(sort $(filter-out $(LONGEST_FIRST) $(ALONE),$(ALL_SCENARIOS)))
+SIDE_BY_SIDE := $(addprefix molecule-,$(filter-out $(ALONE),$(SCENARIOS)))
+molecule: lab-assets  ## molecule test for every scenario, two at a time (pool alone), each timed
+	@$(if $(SIDE_BY_SIDE),$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) $(SIDE_BY_SIDE))
+	@$(if $(filter $(ALONE),$(SCENARIOS)),$(MAKE) --no-print-directory $(addprefix molecule-,$(filter $(ALONE),$(SCENARIOS))))
 
 molecule-%:
 	@set -o pipefail; t0=$$(date +%s); PYTHONUNBUFFERED=1 $(BIN)/molecule test -s $* 2>&1 | sed -u 's/^/[$*] /' && \
