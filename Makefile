@@ -77,7 +77,7 @@ pytest: lab-assets  ## the lab tier of pytest (weights, moshi, PostgreSQL, Docke
 
 # Two scenarios at a time: one mostly waits on a single Ansible process, so two share the two
 # cores (docker and nosystemd side by side: 362 s, against 657 s one after the other). Longest
-# first, so that the two lanes end together; a scenario not named here runs last. `pool` runs
+# first, so that the two lanes end together; a scenario not named here joins them, after. `pool` runs
 # alone, after the others: its rolling deploy and queue time CPU Moshi on two hosts, and beside
 # `default` its callers' audio stalled for over a second. The scenarios' containers, networks and
 # ports are their own. Each line says its scenario; after a failure no new scenario starts (the
