@@ -5,10 +5,13 @@ killed Moshi brought back, the website's settings and the MAS's asyncpg."""
 import json
 import time
 
+from myca_ops.bridge.tickets import Tickets
 from myca_ops.lab.scenario import http_text
 
 PROBE = "/opt/moshi/venv/bin/python -m myca_ops.voice.probe"
 TICKET_KEY = "molecule-vaulted-ticket-key-3c8f0a2e7d41b96f"  # group_vars/all/vault.yml's
+ORIGIN = "http://localhost:3010"  # the website's, which its tickets are minted for
+BRIDGE = "wss://myca-mol-bridge:8999/api/chat"
 WEBSITE = "/srv/myca-website"
 
 
@@ -51,7 +54,13 @@ def test_the_bridge_runs_as_its_user_relays_to_moshi_and_refuses_a_caller_withou
         assert time.monotonic() < deadline, health
         time.sleep(1)
     assert health["upstream"] == "wss://myca-mol-gpu-host:8998/api/chat"
-    refused = gpu_host.run(f"{PROBE} --handshake-only --url wss://myca-mol-bridge:8999/api/chat")
+    # A caller with a ticket, as the website's page is given one (single-use: harmless on a command line).
+    ticket = Tickets((TICKET_KEY,), ttl_s=60, bridge="myca-mol-bridge").mint(ORIGIN)
+    relayed = json.loads(
+        gpu_host.check_output(f"MYCA_PROBE_TICKET={ticket} {PROBE} --url {BRIDGE} --origin {ORIGIN} --seconds 2")
+    )
+    assert relayed["error"] is None and relayed["audio_received_s"] > 0, relayed
+    refused = gpu_host.run(f"{PROBE} --handshake-only --url {BRIDGE}")
     assert refused.rc == 1 and "401" in json.loads(refused.stdout)["error"], refused.stdout
     metrics = http_text(bridge_host, "https://127.0.0.1:8999/metrics")
     for series in (
