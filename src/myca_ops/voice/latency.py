@@ -258,7 +258,8 @@ def from_server(env: dict[str, str], ticks: int, warmup: int, timeout: float) ->
         except OSError as exc:
             raise ValueError(
                 f"the service does not answer at {base} ({getattr(exc, 'reason', exc)}): "
-                "start it (systemctl status moshi, or the container's log) and verify again"
+                "start it (systemctl status moshi; supervisorctl status moshi without systemd; or the container's log) "
+                "and verify again"
             ) from None
     slots, callers = served["slots"], served["callers"]
     row = {
