@@ -76,7 +76,7 @@ def test_the_website_points_at_the_bridge_keeps_the_operators_lines_and_a_backup
     lines = bridge_host.file(f"{WEBSITE}/.env.local").content_string.splitlines()
     urls = [line for line in lines if line.startswith("NEXT_PUBLIC_PERSONAPLEX_WS_URL=")]
     assert urls == ["NEXT_PUBLIC_PERSONAPLEX_WS_URL=wss://myca-mol-bridge:8999/api/chat?persona=myca"]
-    assert f"MYCA_VOICE_TICKET_KEY={TICKET_KEY}" in lines and "MYCA_VOICE_TICKET_ORIGINS=http://localhost:3010" in lines
+    assert f"MYCA_VOICE_TICKET_KEY={TICKET_KEY}" in lines and f"MYCA_VOICE_TICKET_ORIGINS={ORIGIN}" in lines
     assert not [line for line in lines if line.startswith("NEXT_PUBLIC_") and TICKET_KEY in line]
     for kept in ("# MYCA website settings", "NEXT_PUBLIC_SITE_NAME=MYCA", "MAS_API_URL=http://localhost:8001"):
         assert kept in lines
