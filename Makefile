@@ -88,9 +88,10 @@ ALONE := pool
 ALL_SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 SCENARIOS := $(filter $(ALL_SCENARIOS),$(LONGEST_FIRST) $(ALONE)) $(sort $(filter-out $(LONGEST_FIRST) $(ALONE),$(ALL_SCENARIOS)))
 SIDE_BY_SIDE := $(addprefix molecule-,$(filter-out $(ALONE),$(SCENARIOS)))
+ONE_AT_A_TIME := $(addprefix molecule-,$(filter $(ALONE),$(SCENARIOS)))
 molecule: lab-assets  ## molecule test for every scenario, two at a time (pool alone), each timed
 	@$(if $(SIDE_BY_SIDE),$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) $(SIDE_BY_SIDE))
-	@$(if $(filter $(ALONE),$(SCENARIOS)),$(MAKE) --no-print-directory $(addprefix molecule-,$(filter $(ALONE),$(SCENARIOS))))
+	@$(if $(ONE_AT_A_TIME),$(MAKE) --no-print-directory $(ONE_AT_A_TIME))
 
 molecule-%:
 	@set -o pipefail; t0=$$(date +%s); PYTHONUNBUFFERED=1 $(BIN)/molecule test -s $* 2>&1 | sed -u 's/^/[$*] /' && \
